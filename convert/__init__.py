@@ -1,0 +1,1 @@
+"""PyTorch checkpoints <-> Flax variable trees."""

@@ -1,0 +1,5 @@
+import sys
+
+from jaxecg.cli import main
+
+sys.exit(main())

@@ -1,0 +1,131 @@
+"""Frozen dataclass configs with presets, JSON-safe dicts and typed validation.
+
+Every model and training config derives from :class:`Config`, so checkpoints,
+YAML files and command-line overrides all go through one parser that names the
+offending key when something is wrong instead of silently ignoring it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from typing import Any, ClassVar, Self
+
+
+class ConfigError(ValueError):
+    """A config key is unknown, has the wrong type, or a preset does not exist."""
+
+
+def _check_value(cls_name: str, key: str, hint: Any, value: Any) -> Any:
+    """Coerce ``value`` to ``hint`` where that is lossless; raise naming ``key`` otherwise."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    where = f"{cls_name}.{key}"
+    if hint is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for arg in args:
+            try:
+                return _check_value(cls_name, key, arg, value)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(f"{where}: {value!r} matches none of {hint}")
+    if origin is typing.Literal:
+        if value not in args:
+            raise ConfigError(f"{where}: {value!r} is not one of {list(args)}")
+        return value
+    if hint is type(None):
+        if value is not None:
+            raise ConfigError(f"{where}: expected None, got {value!r}")
+        return None
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a sequence for {hint}, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_check_value(cls_name, key, args[0], v) for v in value)
+        if len(args) != len(value):
+            raise ConfigError(f"{where}: expected {len(args)} items for {hint}, got {value!r}")
+        return tuple(_check_value(cls_name, key, a, v) for a, v in zip(args, value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint) and issubclass(hint, Config):
+        if isinstance(value, hint):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping for {hint.__name__}, got {value!r}")
+        return hint.from_dict(value, _prefix=f"{where}.")
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected bool, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected float, got {value!r}")
+        return float(value)
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected int, got {value!r}")
+        return value
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected str, got {value!r}")
+        return value
+    return value
+
+
+def _to_jsonable(value: Any) -> Any:
+    if isinstance(value, Config):
+        return value.to_dict()
+    if isinstance(value, tuple):
+        return [_to_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _to_jsonable(v) for k, v in value.items()}
+    return value
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Base of all configs: ``preset``, ``replace``, ``to_dict``/``from_dict``.
+
+    Subclasses are ``@dataclasses.dataclass(frozen=True)`` and may define
+    ``PRESETS: ClassVar[dict[str, dict]]`` mapping a preset name to field values.
+    """
+
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {}
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> Self:
+        """The named preset with ``overrides`` applied (unknown names are errors)."""
+        if name not in cls.PRESETS:
+            raise ConfigError(
+                f"unknown {cls.__name__} preset {name!r}; choose from {sorted(cls.PRESETS)}"
+            )
+        return cls.from_dict({**cls.PRESETS[name], **overrides})
+
+    def replace(self, **changes: Any) -> Self:
+        """A copy with ``changes`` applied and validated."""
+        return type(self).from_dict({**self.to_dict(), **changes})
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-safe dict (tuples become lists) that ``from_dict`` reads back."""
+        return {f.name: _to_jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, _prefix: str = "") -> Self:
+        """Build from a mapping, rejecting unknown keys and wrong types by name."""
+        hints = typing.get_type_hints(cls)
+        fields = {f.name for f in dataclasses.fields(cls) if f.init}
+        unknown = sorted(set(data) - fields)
+        if unknown:
+            raise ConfigError(
+                f"unknown {cls.__name__} key(s) {[_prefix + k for k in unknown]}; "
+                f"valid keys: {sorted(fields)}"
+            )
+        values = {
+            k: _check_value(cls.__name__, _prefix + k, hints[k], v) for k, v in data.items()
+        }
+        return cls(**values)

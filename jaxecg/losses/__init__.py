@@ -1,0 +1,1 @@
+"""Pure loss functions of the reference models (MAE reconstruction, classification, NT-Xent)."""
