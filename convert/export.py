@@ -11,19 +11,23 @@ tables are exported, recomputed from the config, because the reference stores th
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ml_dtypes
 import numpy as np
-import torch
 from flax import traverse_util
 
 from convert.targets import binding
 from jaxecg.config import Config
 
+if TYPE_CHECKING:  # torch is needed only to export, so importing convert does not pull it in
+    import torch
+
 
 def _tensor(array: np.ndarray) -> torch.Tensor:
     """A torch tensor owning a copy (arrays from JAX are read-only views)."""
+    import torch
+
     array = np.array(array, copy=True, order="C")
     if array.dtype == ml_dtypes.bfloat16:
         # torch.from_numpy does not know ml_dtypes.bfloat16: move the raw bits.

@@ -123,8 +123,9 @@ class Binding:
 
     def init(self, config: Config, seed: int = 0) -> dict[str, Any]:
         """Freshly initialised variables (``params``/``batch_stats``)."""
-        # One compiled init is far cheaper than dispatching every initialiser op eagerly.
-        return jax.jit(functools.partial(_init, self, config, seed))()
+        # One compiled init is far cheaper than dispatching every initialiser op eagerly,
+        # and caching it per (kind, config) compiles once however many seeds are asked for.
+        return _compiled_init(self, config)(seed)
 
     def abstract(self, config: Config) -> dict[str, Any]:
         """The variables' shapes and dtypes (``jax.ShapeDtypeStruct`` leaves), no compute."""
@@ -136,7 +137,12 @@ class Binding:
         return build_entries(abstract, self.mounts), abstract
 
 
-def _init(binding: Binding, config: Config, seed: int) -> dict[str, Any]:
+@functools.cache
+def _compiled_init(binding: Binding, config: Config) -> Callable[[int], dict[str, Any]]:
+    return jax.jit(functools.partial(_init, binding, config))
+
+
+def _init(binding: Binding, config: Config, seed: int | jax.Array) -> dict[str, Any]:
     key = jax.random.key(seed)
     # "masking"/"dropout" are drawn by the MAE and classifier; unused streams are ignored.
     rngs = {
