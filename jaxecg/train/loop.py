@@ -1,0 +1,384 @@
+"""The training loop: jit-compiled data-parallel steps, logging, evaluation, checkpoints.
+
+Stages, in order: set-up (processes, mesh, task, run directory) → data (one
+Grain pipeline per process, each holding its slice of every global batch) →
+state (init or pretrained weights, optimiser) → resume → compiled steps → loop.
+The batch is sharded over the ``data`` mesh axis and everything else is
+replicated, so under ``jit`` BatchNorm and NT-Xent see the global batch, as
+on the reference's single GPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import tqdm
+from jax.sharding import Mesh
+
+from jaxecg.data import make_loader
+from jaxecg.train import mesh as mesh_lib
+from jaxecg.train.checkpoint import Checkpointer, abstract_like
+from jaxecg.train.config import ExperimentConfig
+from jaxecg.train.tasks import get_task
+from jaxecg.train.tasks.base import Batch, PyTree, Task
+
+# Offset separating the evaluation rng stream from the training steps' streams.
+_EVAL_STREAM = 2**31 - 1
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN/inf; the run stopped without checkpointing that state."""
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything a step changes: ``step`` (updates done), params, BN statistics, optimiser."""
+
+    step: jax.Array
+    params: PyTree
+    batch_stats: PyTree
+    opt_state: PyTree
+
+
+# ---------------------------------------------------------------------------- steps
+
+
+def _cast_floats(tree: PyTree, dtype: jnp.dtype) -> PyTree:
+    return jax.tree.map(
+        lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree
+    )
+
+
+def make_train_step(
+    task: Task, tx: optax.GradientTransformation, schedule: optax.Schedule, *, bf16: bool
+):
+    """``(state, batch, seed_key) -> (state, metrics)``: one optimiser update (not jitted).
+
+    The step's rng is ``fold_in(seed_key, state.step)``: a function of the step
+    number alone, so a resumed run draws exactly what the uninterrupted one did.
+    """
+
+    def step(state: TrainState, batch: Batch, seed_key: jax.Array):
+        rng = jax.random.fold_in(seed_key, state.step)
+
+        def objective(params: PyTree):
+            # bf16 compute, fp32 master weights: the cast is inside grad, so grads come back fp32.
+            compute_params = _cast_floats(params, jnp.bfloat16) if bf16 else params
+            value, (batch_stats, metrics) = task.loss(compute_params, state.batch_stats, batch, rng)
+            return value.astype(jnp.float32), (batch_stats, metrics)
+
+        (_, (batch_stats, metrics)), grads = jax.value_and_grad(objective, has_aux=True)(
+            state.params
+        )
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        new_state = TrainState(
+            step=state.step + 1,
+            params=optax.apply_updates(state.params, updates),
+            # Running statistics stay fp32 whatever the compute dtype.
+            batch_stats=jax.tree.map(
+                lambda new, old: new.astype(old.dtype), batch_stats, state.batch_stats
+            ),
+            opt_state=opt_state,
+        )
+        metrics = {k: v.astype(jnp.float32) for k, v in metrics.items()}
+        metrics["lr"] = jnp.asarray(schedule(state.step), jnp.float32)
+        return new_state, metrics
+
+    return step
+
+
+def make_eval_step(task: Task, *, bf16: bool):
+    """``(state, batch, rng) -> per-example outputs`` (not jitted)."""
+
+    def step(state: TrainState, batch: Batch, rng: jax.Array):
+        params = _cast_floats(state.params, jnp.bfloat16) if bf16 else state.params
+        outputs = task.eval_outputs(params, state.batch_stats, batch, rng)
+        return {
+            k: v.astype(jnp.float32) if jnp.issubdtype(v.dtype, jnp.floating) else v
+            for k, v in outputs.items()
+        }
+
+    return step
+
+
+# ---------------------------------------------------------------------------- data
+
+
+def _eval_loader(dataset: Any, *, global_batch: int, max_batches: int | None, mesh: Any):
+    """One pass over whole eval batches (the same count on every process; a ragged tail
+    is dropped), optionally capped at ``max_batches``."""
+    loader = make_loader(
+        dataset,
+        batch_size=global_batch // jax.process_count(),
+        shuffle=False,
+        num_epochs=1,
+        sharding=mesh_lib.batch_sharding(mesh),
+    )
+    return itertools.islice(loader, max_batches)
+
+
+# ---------------------------------------------------------------------------- logging
+
+
+class _MetricsLog:
+    """``metrics.jsonl`` (+ TensorBoard via tensorboardX) of this process.
+
+    Process 0 writes ``metrics.jsonl`` and TensorBoard events; other processes
+    write ``metrics.process<i>.jsonl`` so multi-host runs can be cross-checked.
+    tensorboardX is used because it writes standard event files without
+    depending on TensorFlow.
+    """
+
+    def __init__(self, workdir: Path) -> None:
+        index = jax.process_index()
+        name = "metrics.jsonl" if index == 0 else f"metrics.process{index}.jsonl"
+        self._file = (workdir / name).open("a")
+        self._tb = None
+        if index == 0:
+            from tensorboardX import SummaryWriter
+
+            self._tb = SummaryWriter(str(workdir / "tensorboard"))
+
+    def write(self, step: int, record: dict[str, float]) -> None:
+        self._file.write(json.dumps({"step": step, **record}) + "\n")
+        self._file.flush()
+        if self._tb is not None:
+            for key, value in record.items():
+                tag = key if "/" in key else f"train/{key}"
+                self._tb.add_scalar(tag, value, step)
+
+    def close(self) -> None:
+        self._file.close()
+        if self._tb is not None:
+            self._tb.close()
+
+
+# ---------------------------------------------------------------------------- the run
+
+
+def _every(interval: int | None, default: int) -> int:
+    """Steps between events: ``None`` → ``default`` (one epoch), ``0`` → never."""
+    return default if interval is None else interval
+
+
+def _host_metrics(metrics: dict[str, jax.Array]) -> dict[str, float]:
+    return {k: float(v) for k, v in jax.device_get(metrics).items()}
+
+
+def evaluate(
+    task: Task, eval_step: Any, state: TrainState, batches: Any, rng: jax.Array
+) -> dict[str, float]:
+    """Task metrics over all eval ``batches`` (outputs gathered to every host)."""
+    chunks: dict[str, list[np.ndarray]] = {}
+    for index, batch in enumerate(batches):
+        outputs = eval_step(state, batch, jax.random.fold_in(rng, index))
+        for key, value in outputs.items():
+            chunks.setdefault(key, []).append(mesh_lib.to_host(value))
+    return task.summarize({k: np.concatenate(v) for k, v in chunks.items()})
+
+
+@dataclasses.dataclass
+class Run:
+    """A set-up run: everything :func:`train` loops over (also handy in tests and notebooks).
+
+    ``train_step(state, batch, seed_key)`` and ``eval_step(state, batch, rng)`` are the
+    compiled steps (the train step donates ``state``); ``train_iter`` yields sharded global
+    batches; ``eval_batches()`` starts a fresh pass over the eval split.
+    """
+
+    cfg: ExperimentConfig
+    task: Task
+    mesh: Mesh
+    state: TrainState
+    train_iter: Any
+    eval_batches: Callable[[], Any]
+    steps_per_epoch: int
+    total_steps: int
+    seed_key: jax.Array
+    train_step: Callable[..., Any]
+    eval_step: Callable[..., Any]
+
+
+def setup(
+    cfg: ExperimentConfig, *, mesh: Mesh | None = None, restore: Checkpointer | None = None
+) -> Run:
+    """Build task, data, state and compiled steps on ``mesh`` (default: all devices).
+
+    With ``restore`` the state and the input position come from its newest checkpoint
+    (nothing is initialised); otherwise the state is initialised, from
+    ``cfg.pretrained_weights`` when given. Errors on a batch size the devices cannot
+    split come before anything is built or compiled.
+    """
+    mesh = mesh_lib.make_mesh() if mesh is None else mesh
+    tcfg = cfg.train
+    mesh_lib.check_batch_size(tcfg.batch_size, mesh)
+    eval_batch = tcfg.eval_batch_size or tcfg.batch_size
+    mesh_lib.check_batch_size(eval_batch, mesh, what="train.eval_batch_size")
+    task = get_task(cfg.task).build(cfg)
+    replicated = mesh_lib.replicated(mesh)
+
+    # --- data: per-process shards of every global batch, assembled into sharded arrays
+    train_set, eval_set = task.datasets()
+    train_iter = make_loader(
+        train_set,
+        batch_size=tcfg.batch_size // jax.process_count(),
+        seed=cfg.data.seed,
+        num_epochs=None,
+        sharding=mesh_lib.batch_sharding(mesh),
+    )
+
+    def eval_batches():
+        return _eval_loader(
+            eval_set, global_batch=eval_batch, max_batches=tcfg.eval_batches, mesh=mesh
+        )
+
+    # --- state: init (or pretrained weights) and optimiser, replicated over the mesh
+    seed_key = jax.random.PRNGKey(tcfg.seed)
+    init_args = (jax.random.fold_in(seed_key, _EVAL_STREAM - 1), next(iter(eval_batches())))
+    if restore is not None:
+        # Shapes only: the restore overwrites every value, so nothing is initialised or compiled.
+        variables = jax.eval_shape(task.init_variables, *init_args)
+    else:
+        variables = jax.jit(task.init_variables, out_shardings=replicated)(*init_args)
+        if cfg.pretrained_weights:
+            variables = mesh_lib.replicate(
+                task.load_pretrained(variables, cfg.pretrained_weights), mesh
+            )
+    tx, schedule, total_steps = task.optimizer(
+        variables["params"], steps_per_epoch=train_iter.steps_per_epoch, total_steps=tcfg.steps
+    )
+
+    def fresh_state(variables: dict[str, PyTree]) -> TrainState:
+        return TrainState(
+            step=jnp.zeros((), jnp.int32),
+            params=variables["params"],
+            batch_stats=variables.get("batch_stats", {}),
+            opt_state=tx.init(variables["params"]),
+        )
+
+    if restore is not None:
+        target = abstract_like(jax.eval_shape(fresh_state, variables), replicated)
+        state, data_state, _ = restore.restore(target)
+        train_iter.set_state(data_state)
+    else:
+        # One compiled program builds the whole state (eager tx.init compiles one op per shape).
+        state = jax.jit(fresh_state, out_shardings=replicated)(variables)
+
+    # --- compiled steps (donated state: updated in place on device)
+    bf16 = tcfg.mixed_precision
+    return Run(
+        cfg=cfg,
+        task=task,
+        mesh=mesh,
+        state=state,
+        train_iter=train_iter,
+        eval_batches=eval_batches,
+        steps_per_epoch=train_iter.steps_per_epoch,
+        total_steps=total_steps,
+        seed_key=seed_key,
+        train_step=jax.jit(make_train_step(task, tx, schedule, bf16=bf16), donate_argnums=(0,)),
+        eval_step=jax.jit(make_eval_step(task, bf16=bf16)),
+    )
+
+
+def train(cfg: ExperimentConfig, *, resume: bool = False) -> dict[str, Any]:
+    """Run ``cfg`` to ``train.steps`` (or ``stop_after``); returns the last logged metrics.
+
+    ``resume`` continues from the newest checkpoint in ``<workdir>/checkpoints``
+    (model, optimiser, step and input-pipeline position).
+    """
+    mesh_lib.initialize_distributed(cfg.distributed)
+    tcfg = cfg.train
+    mesh_lib.check_batch_size(tcfg.batch_size, mesh_lib.make_mesh())
+    workdir = Path(tcfg.workdir).absolute()
+    workdir.mkdir(parents=True, exist_ok=True)
+    checkpoints = Checkpointer(
+        workdir / "checkpoints",
+        keep=tcfg.keep_checkpoints,
+        keep_best=tcfg.keep_best,
+        best_metric=tcfg.best_metric,
+        best_mode=tcfg.best_mode,
+    )
+    if resume and checkpoints.latest_step() is None:
+        raise FileNotFoundError(f"--resume: no checkpoint in {workdir / 'checkpoints'}")
+    if not resume and checkpoints.latest_step() is not None:
+        raise ValueError(
+            f"{workdir / 'checkpoints'} already holds checkpoints; pass --resume to continue "
+            "that run or choose another train.workdir"
+        )
+    run = setup(cfg, restore=checkpoints if resume else None)
+    state, train_iter = run.state, run.train_iter
+
+    # --- loop
+    eval_every = _every(tcfg.eval_every, run.steps_per_epoch)
+    ckpt_every = _every(tcfg.checkpoint_every, run.steps_per_epoch)
+    total_steps = run.total_steps
+    end = total_steps if tcfg.stop_after is None else min(total_steps, tcfg.stop_after)
+    start = int(state.step)
+    log = _MetricsLog(workdir)
+    bar = tqdm.tqdm(
+        total=total_steps,
+        initial=start,
+        unit="step",
+        dynamic_ncols=True,
+        disable=not tcfg.progress_bar or jax.process_index() != 0,
+    )
+    config_dict = cfg.to_dict()
+    eval_rng = jax.random.fold_in(run.seed_key, _EVAL_STREAM)
+    record: dict[str, Any] = {}
+    tick, tick_step = time.perf_counter(), start
+    try:
+        for step in range(start + 1, end + 1):
+            state, metrics = run.train_step(state, next(train_iter), run.seed_key)
+            host = _host_metrics(metrics)  # one scalar sync per step: the NaN guard names its step
+            if not math.isfinite(host["loss"]):
+                checkpoints.wait()
+                raise NonFiniteLossError(
+                    f"non-finite training loss {host['loss']} at step {step}; stopped without "
+                    f"saving it. Last good checkpoint: step {checkpoints.latest_step()} in "
+                    f"{workdir / 'checkpoints'}"
+                )
+            bar.update(1)
+            eval_metrics = None
+            if eval_every and step % eval_every == 0 or step == total_steps:
+                eval_metrics = evaluate(
+                    run.task, run.eval_step, state, run.eval_batches(), eval_rng
+                )
+            if step % tcfg.log_every == 0 or eval_metrics is not None:
+                now = time.perf_counter()
+                record = dict(host)
+                record["samples_per_sec"] = (step - tick_step) * tcfg.batch_size / (now - tick)
+                tick, tick_step = now, step
+                record.update({f"val/{k}": v for k, v in (eval_metrics or {}).items()})
+                log.write(step, record)
+                bar.set_postfix(
+                    loss=f"{host['loss']:.4g}",
+                    lr=f"{host['lr']:.3g}",
+                    samples_s=f"{record['samples_per_sec']:.1f}",
+                )
+            if ckpt_every and step % ckpt_every == 0 or eval_metrics is not None or step == end:
+                checkpoints.save(
+                    step,
+                    state,
+                    data_state=train_iter.get_state(),
+                    config=config_dict,
+                    metrics=eval_metrics,
+                )
+    finally:
+        bar.close()
+        log.close()
+        checkpoints.wait()
+        checkpoints.close()
+    return {"step": int(state.step), **record}

@@ -1,0 +1,100 @@
+"""The generic train step on a toy task (mixed precision keeps fp32 state, the lr is logged)
+and the classifiers' validation metrics."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from jaxecg.train.loop import TrainState, make_train_step
+from jaxecg.train.tasks.base import Task
+from jaxecg.train.tasks.common import classification_metrics
+
+
+class _Linear(Task):
+    """``loss = mean((x @ w - y)^2)`` with a running mean of ``x`` as "batch statistics"."""
+
+    seen_dtypes: list
+
+    def __init__(self) -> None:
+        super().__init__(cfg=None)
+        self.seen_dtypes = []
+
+    def datasets(self):
+        raise NotImplementedError("the toy task is stepped directly")
+
+    def init_variables(self, rng, batch):
+        return {"params": {"w": jnp.ones((3, 1))}, "batch_stats": {"mean": jnp.zeros(3)}}
+
+    def optimizer(self, params, *, steps_per_epoch, total_steps):
+        raise NotImplementedError
+
+    def loss(self, params, batch_stats, batch, rng):
+        self.seen_dtypes.append(params["w"].dtype)
+        x = batch["x"].astype(params["w"].dtype)
+        loss = jnp.mean((x @ params["w"] - batch["y"]) ** 2)
+        return loss, ({"mean": 0.9 * batch_stats["mean"] + 0.1 * x.mean(0)}, {"loss": loss})
+
+    def eval_outputs(self, params, batch_stats, batch, rng):
+        raise NotImplementedError
+
+    def summarize(self, outputs):
+        raise NotImplementedError
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+def test_train_step_precision_and_lr(bf16):
+    task = _Linear()
+    schedule = optax.linear_schedule(0.1, 0.0, 10)
+    tx = optax.sgd(schedule)
+    params = {"w": jnp.ones((3, 1))}
+    state = TrainState(
+        step=jnp.asarray(4, jnp.int32),
+        params=params,
+        batch_stats={"mean": jnp.zeros(3)},
+        opt_state=tx.init(params),
+    )
+    state = state.replace(
+        opt_state=jax.tree.map(
+            lambda c: jnp.asarray(4, c.dtype) if c.ndim == 0 else c, state.opt_state
+        )
+    )
+    rng = np.random.default_rng(0)
+    batch = {
+        "x": rng.normal(size=(8, 3)).astype(np.float32),
+        "y": rng.normal(size=(8, 1)).astype(np.float32),
+    }
+    new, metrics = jax.jit(make_train_step(task, tx, schedule, bf16=bf16))(
+        state, batch, jax.random.PRNGKey(0)
+    )
+    # Compute dtype inside the loss; master weights, optimiser and statistics stay fp32.
+    assert task.seen_dtypes == [jnp.bfloat16 if bf16 else jnp.float32]
+    assert new.params["w"].dtype == jnp.float32 and new.batch_stats["mean"].dtype == jnp.float32
+    assert int(new.step) == 5
+    assert float(metrics["lr"]) == pytest.approx(float(schedule(4)))
+    # The update is plain SGD at lr(4) on the fp32 gradient (bf16: to bf16 precision).
+    grad = 2 * batch["x"].T @ (batch["x"] @ np.ones((3, 1)) - batch["y"]) / 8
+    np.testing.assert_allclose(
+        new.params["w"], 1 - float(schedule(4)) * grad, rtol=2e-2 if bf16 else 1e-5
+    )
+
+
+def test_classification_metrics():
+    labels = np.array([0, 1, 2, 2, 1, 0])
+    perfect = np.eye(3)[labels] * 5.0
+    assert classification_metrics(perfect, labels, multilabel=False) == {
+        "auroc": 1.0,
+        "f1": 1.0,
+        "accuracy": 1.0,
+    }
+    # Predict class 0 everywhere: balanced accuracy 1/3, F1 = mean(0.5, 0, 0).
+    constant = np.tile([2.0, 0.0, 0.0], (6, 1))
+    got = classification_metrics(constant, labels, multilabel=False)
+    assert got["accuracy"] == pytest.approx(1 / 3) and got["f1"] == pytest.approx(0.5 / 3)
+    assert got["auroc"] == pytest.approx(0.5)
+    # Multilabel: label 1 is never positive, so AUROC averages labels 0 and 2 only.
+    targets = np.array([[1, 0, 0], [0, 0, 1], [1, 0, 1], [0, 0, 0]])
+    logits = np.where(targets == 1, 3.0, -3.0)
+    got = classification_metrics(logits, targets, multilabel=True)
+    assert got == {"auroc": 1.0, "f1": pytest.approx(2 / 3), "accuracy": 1.0}
