@@ -22,7 +22,7 @@ from jaxecg.train.optim import (
     vit_layer_scales,
 )
 
-torch = pytest.importorskip("torch")
+import torch  # noqa: E402 - the dev extra pins it; parity needs the real thing
 
 _LEAF = {"kernel": "weight", "scale": "weight", "bias": "bias"}
 _MHA = {"q_proj": "in_proj", "k_proj": "in_proj", "v_proj": "in_proj"}
