@@ -1,4 +1,4 @@
-"""Access to the reference's golden cases in ``../shared/golden``.
+"""Access to the reference's golden cases kept in ``tests/golden`` (``JAXECG_GOLDEN_DIR`` overrides).
 
 One place that knows the manifest layout, so parity tests read as
 "load case, run our module, compare each expected array".
@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 GOLDEN_DIR = Path(
-    os.environ.get("JAXECG_GOLDEN_DIR", Path(__file__).resolve().parents[2] / "shared" / "golden")
+    os.environ.get("JAXECG_GOLDEN_DIR", Path(__file__).resolve().parent / "golden")
 )
 
 

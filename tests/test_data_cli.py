@@ -11,7 +11,7 @@ from jaxecg.cli import main as jaxecg_main
 from jaxecg.data import load_split, make_loader, preprocess_ecg, read_manifest
 from jaxecg.data.synthetic import synthetic_ecg_record
 
-PTB_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "ptb-s0010_re"
+PTB_DIR = Path(__file__).resolve().parent / "data" / "ptb-s0010_re"
 
 
 @pytest.fixture(scope="module")

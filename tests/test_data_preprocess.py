@@ -18,7 +18,7 @@ from jaxecg.data import preprocess_ecg, read_wfdb
 from jaxecg.data.synthetic import synthetic_ecg_record
 
 PTB = (
-    Path(os.environ.get("JAXECG_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))
+    Path(os.environ.get("JAXECG_DATA_DIR", Path(__file__).resolve().parent / "data"))
     / "ptb-s0010_re"
     / "s0010_re"
 )

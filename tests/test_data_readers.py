@@ -8,7 +8,7 @@ import pytest
 
 from jaxecg.data import check_rate, read_array, read_record, read_wfdb, resample
 
-PTB_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "ptb-s0010_re"
+PTB_DIR = Path(__file__).resolve().parent / "data" / "ptb-s0010_re"
 
 
 def test_npz_with_stored_rate_and_npy_with_given_rate(tmp_path):
