@@ -12,9 +12,7 @@ import types
 import typing
 from typing import Any, ClassVar, Self
 
-
-class ConfigError(ValueError):
-    """A config key is unknown, has the wrong type, or a preset does not exist."""
+from jaxecg.errors import ConfigError
 
 
 def _check_value(cls_name: str, key: str, hint: Any, value: Any) -> Any:

@@ -7,9 +7,9 @@ import numpy as np
 import optax
 import pytest
 
+from jaxecg.scoring import classification_metrics
 from jaxecg.train.loop import TrainState, make_train_step
 from jaxecg.train.tasks.base import Task
-from jaxecg.train.tasks.common import classification_metrics
 
 
 class _Linear(Task):

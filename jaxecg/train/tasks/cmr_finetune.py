@@ -17,12 +17,12 @@ import numpy as np
 from jaxecg.config import Config
 from jaxecg.data import cmr_train_view_batch
 from jaxecg.models import CMRClassifier, CMRClassifierConfig, cmr_classifier_loss
+from jaxecg.scoring import classification_metrics
 from jaxecg.train.config import ExperimentConfig
 from jaxecg.train.optim import adam_l2, freeze
 from jaxecg.train.tasks.base import Batch, PyTree, Task, TaskSpec
 from jaxecg.train.tasks.common import (
     CMRDataConfig,
-    classification_metrics,
     cmr_datasets,
     load_variables,
     mean_of,

@@ -1,17 +1,15 @@
-"""Pieces several tasks share: classification metrics, pretrained-weight merging, batch means."""
+"""Pieces several tasks share: pretrained-weight merging, batch means, data sources."""
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import warnings
 from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from sklearn import metrics as skm
 
 from jaxecg.config import ConfigError
 from jaxecg.data import (
@@ -27,46 +25,6 @@ from jaxecg.train.config import DataConfig
 from jaxecg.train.optim import path_names
 
 PyTree = Any
-
-
-def classification_metrics(
-    logits: np.ndarray, labels: np.ndarray, *, multilabel: bool
-) -> dict[str, float]:
-    """AUROC (macro), F1 (macro) and accuracy (macro, as the reference's torchmetrics).
-
-    ``logits`` ``(N, C)``; ``labels`` ``(N,)`` class ids (multiclass) or ``(N, C)``
-    0/1 (multilabel). Multiclass accuracy is the mean per-class recall (torchmetrics'
-    macro accuracy), multilabel accuracy the mean per-label accuracy at 0.5. AUROC
-    averages over the classes whose labels take both values in the split and is NaN
-    when none does (a tiny eval split), instead of failing the run.
-    """
-    logits = np.asarray(logits, np.float64)
-    labels = np.asarray(labels)
-    num_classes = logits.shape[1]
-    if multilabel:
-        probs = 1.0 / (1.0 + np.exp(-logits))
-        truth = labels.astype(np.int64)
-        preds = (probs >= 0.5).astype(np.int64)
-        accuracy = float(np.mean(preds == truth))
-        f1 = skm.f1_score(truth, preds, average="macro", zero_division=0)
-    else:
-        shifted = logits - logits.max(axis=1, keepdims=True)
-        probs = np.exp(shifted) / np.exp(shifted).sum(axis=1, keepdims=True)
-        truth = np.eye(num_classes, dtype=np.int64)[labels.astype(np.int64)]
-        preds = probs.argmax(axis=1)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # classes absent from a small split
-            accuracy = float(skm.balanced_accuracy_score(labels, preds))
-        f1 = skm.f1_score(
-            labels, preds, labels=range(num_classes), average="macro", zero_division=0
-        )
-    scored = [c for c in range(num_classes) if 0 < truth[:, c].sum() < len(truth)]
-    auroc = (
-        float(np.mean([skm.roc_auc_score(truth[:, c], probs[:, c]) for c in scored]))
-        if scored
-        else float("nan")
-    )
-    return {"auroc": auroc, "f1": float(f1), "accuracy": accuracy}
 
 
 def mean_of(outputs: dict[str, np.ndarray], *keys: str) -> dict[str, float]:

@@ -21,13 +21,13 @@ from jaxecg.data import ecg_augment_batch
 from jaxecg.losses.classification import binary_cross_entropy_with_logits, cross_entropy
 from jaxecg.models.ecg_classifier import ECGClassifier, ECGClassifierConfig
 from jaxecg.models.pos_embed import sincos_pos_embed_f32
+from jaxecg.scoring import classification_metrics
 from jaxecg.train.config import ExperimentConfig
 from jaxecg.train.optim import adamw, vit_decay_mask, vit_layer_scales
 from jaxecg.train.tasks.base import Batch, PyTree, Task, TaskSpec
 from jaxecg.train.tasks.common import (
     ECGDataConfig,
     check_time_steps,
-    classification_metrics,
     ecg_datasets,
     load_variables,
     mean_of,

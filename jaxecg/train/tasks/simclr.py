@@ -23,12 +23,12 @@ from jaxecg.losses import nt_xent
 from jaxecg.losses.classification import cross_entropy
 from jaxecg.metrics import top_k_accuracy
 from jaxecg.models import LinearClassifier, SimCLR, SimCLRConfig
+from jaxecg.scoring import classification_metrics
 from jaxecg.train.config import ExperimentConfig, OptimConfig
 from jaxecg.train.optim import adam_l2
 from jaxecg.train.tasks.base import Batch, PyTree, Task, TaskSpec
 from jaxecg.train.tasks.common import (
     CMRDataConfig,
-    classification_metrics,
     cmr_datasets,
     load_variables,
     mean_of,
