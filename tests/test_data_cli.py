@@ -2,6 +2,9 @@
 
 import json
 import shutil
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -150,3 +153,76 @@ def test_bad_invocations_exit_with_one_line(records, tmp_path, capsys):
     (tmp_path / "bad.csv").write_text("record,label\nshort,0\n")
     status, _, err = run(capsys, records, "--labels", tmp_path / "bad.csv", "--out", tmp_path / "z")
     assert status == 1 and "no record could be preprocessed" in err
+
+
+def _preprocess(capsys, records, csv, out, *extra) -> tuple[int, str, str]:
+    return run(
+        capsys,
+        records,
+        "--labels",
+        csv,
+        "--out",
+        out,
+        "--val-frac",
+        "0",
+        "--test-frac",
+        "0",
+        *extra,
+    )
+
+
+@pytest.mark.parametrize(
+    ("rows", "message"),
+    [
+        ("syn0,1\nsyn1,0\nsyn0.npz,1\n", "duplicate record id(s) ['syn0']; list each once"),
+        ("syn0,1\nsyn0,0\n", "record 'syn0' is listed twice with different labels (1 and 0)"),
+        ("syn0,1\nsyn1, \n", "empty label in column 'label' for record(s) ['syn1']"),
+    ],
+)
+def test_ambiguous_label_rows_are_rejected(records, tmp_path, capsys, rows, message):
+    (tmp_path / "l.csv").write_text("record,label\n" + rows)
+    status, _, err = _preprocess(capsys, records, tmp_path / "l.csv", tmp_path / "ds")
+    assert status == 2 and message in err and err.count("\n") == 1
+    assert not (tmp_path / "ds").exists()
+
+
+def test_nan_and_transposed_records_are_skipped_with_a_reason(records, tmp_path, capsys):
+    np.savez(tmp_path / "nan.npz", signal=np.full((12, 5000), np.nan, np.float32), fs=500)
+    x, _ = synthetic_ecg_record(0, seed=5, length=5000, raw=True)
+    np.savez(tmp_path / "transposed.npz", signal=x.T, fs=500)
+    np.savez(tmp_path / "good.npz", signal=x, fs=500)
+    (tmp_path / "l.csv").write_text("record,label\nnan,0\ntransposed,1\ngood,1\n")
+    status, stdout, _ = _preprocess(capsys, tmp_path, tmp_path / "l.csv", tmp_path / "ds")
+    assert status == 0 and "wrote 1 records" in stdout
+    reasons = {s["record"]: s["reason"] for s in read_manifest(tmp_path / "ds")["skipped"]}
+    assert "every sample of the first 5000 is NaN (no signal)" in reasons["nan"]
+    assert (
+        "shape (5000, 12) has more leads than samples; it looks transposed (T, leads)"
+        in reasons["transposed"]
+    )
+
+
+def test_failed_and_killed_preprocess_leave_nothing_that_blocks_the_retry(
+    records, tmp_path, capsys
+):
+    out = tmp_path / "ds"
+    (tmp_path / "bad.csv").write_text("record,label\nshort,0\n")
+    status, _, err = _preprocess(capsys, records, tmp_path / "bad.csv", out)
+    assert status == 1 and "no record could be preprocessed" in err
+    assert sorted(tmp_path.iterdir()) == [tmp_path / "bad.csv"]  # no --out, no partial
+    # What a kill -9 leaves: a partial directory named for a process that no longer runs.
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    stale = tmp_path / f".ds.partial-{socket.gethostname()}-{dead.stdout.strip()}-abcd1234"
+    stale.mkdir()
+    (stale / "train_ecg.partial.npy").write_bytes(b"\0" * 1024)
+    (tmp_path / "good.csv").write_text("record,label\nsyn0,0\nsyn1,1\n")
+    status, stdout, _ = _preprocess(capsys, records, tmp_path / "good.csv", out)
+    assert status == 0 and "wrote 2 records" in stdout
+    assert len(load_split(out, "train")) == 2
+    assert not stale.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.csv", "ds", "good.csv"]

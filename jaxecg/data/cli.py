@@ -25,6 +25,8 @@ import numpy as np
 from jaxecg.data.dataset import SPLITS, DatasetWriter
 from jaxecg.data.preprocess import FS, LEADS, LENGTH, preprocess_ecg
 from jaxecg.data.readers import check_rate, read_record
+from jaxecg.errors import DataError, UsageError, run_command
+from jaxecg.staging import StagedDirectory
 
 _SPLIT_ALIASES = {
     "train": "train",
@@ -33,10 +35,7 @@ _SPLIT_ALIASES = {
     "validation": "val",
     "test": "test",
 }
-
-
-class UsageError(ValueError):
-    """Bad command-line input: reported as one line, exit status 2."""
+_RECORD_SUFFIXES = (".hea", ".dat", ".npy", ".npz")
 
 
 def _parse_channels(text: str | None) -> list[int] | None:
@@ -67,7 +66,8 @@ def _build_parser() -> argparse.ArgumentParser:
         required=True,
         type=Path,
         metavar="DIR",
-        help="output directory (must be new or empty)",
+        help="output directory (must be new or empty; written under a temporary name and "
+        "renamed into place when complete)",
     )
     parser.add_argument(
         "--record-column",
@@ -125,7 +125,46 @@ def _read_rows(args: argparse.Namespace) -> tuple[list[dict[str, str]], list[str
         raise UsageError(f"{args.labels}: missing column(s) {missing}; it has {columns}")
     if not rows:
         raise UsageError(f"{args.labels}: no rows")
+    _check_rows(rows, args.record_column, label_columns, args.labels)
     return rows, label_columns
+
+
+def _record_id(name: str) -> str:
+    """A record's name without its file suffix: ``a.hea``, ``a.dat`` and ``a`` are one record."""
+    path = Path(name.strip())
+    return str(path.with_suffix("")) if path.suffix in _RECORD_SUFFIXES else str(path)
+
+
+def _check_rows(
+    rows: list[dict[str, str]], record_column: str, label_columns: list[str], csv_name: Path
+) -> None:
+    """Every row names a record once, with a non-empty label: anything else is ambiguous."""
+    unnamed = [i + 2 for i, row in enumerate(rows) if not (row[record_column] or "").strip()]
+    if unnamed:
+        raise DataError(f"{csv_name}: empty {record_column!r} on line(s) {unnamed[:10]}")
+    for column in label_columns:
+        empty = [row[record_column].strip() for row in rows if not (row[column] or "").strip()]
+        if empty:
+            more = f" (and {len(empty) - 10} more)" if len(empty) > 10 else ""
+            raise DataError(
+                f"{csv_name}: empty label in column {column!r} for record(s) {empty[:10]}{more}"
+            )
+    seen: dict[str, tuple[str, ...]] = {}
+    duplicates: list[str] = []
+    for row in rows:
+        record = _record_id(row[record_column])
+        label = tuple(row[c].strip() for c in label_columns)
+        if record not in seen:
+            seen[record] = label
+        elif seen[record] != label:
+            raise DataError(
+                f"{csv_name}: record {record!r} is listed twice with different labels "
+                f"({', '.join(seen[record])} and {', '.join(label)})"
+            )
+        elif record not in duplicates:
+            duplicates.append(record)
+    if duplicates:
+        raise DataError(f"{csv_name}: duplicate record id(s) {duplicates[:10]}; list each once")
 
 
 def _labels(rows: list[dict[str, str]], columns: list[str], csv_name: Path):
@@ -134,7 +173,9 @@ def _labels(rows: list[dict[str, str]], columns: list[str], csv_name: Path):
         try:
             values = np.asarray([[float(r[c]) for c in columns] for r in rows], np.float32)
         except ValueError as err:
-            raise UsageError(f"{csv_name}: label columns {columns} must be numeric ({err})")
+            raise DataError(
+                f"{csv_name}: label columns {columns} must be numeric ({err})"
+            ) from None
         return list(values), {"kind": "vector", "columns": columns}
     raw = [r[columns[0]].strip() for r in rows]
     if all(v.lstrip("-").isdigit() for v in raw):
@@ -193,16 +234,19 @@ def process_record(
 ) -> np.ndarray:
     """Read and preprocess one record to ``(12, 5000)`` float32; ``ValueError`` says why not."""
     if path is None:
-        raise ValueError("record file not found (.hea, .npz or .npy)")
+        raise DataError("record file not found (.hea, .npz or .npy)")
     signal, fs = read_record(
         path, fs=input_fs, target_fs=FS if resample else None, channels=channels
     )
     check_rate(fs, FS, name=path.name)
     if signal.shape[0] != LEADS:
-        raise ValueError(
+        raise DataError(
             f"{signal.shape[0]} leads, expected {LEADS}"
             + ("" if channels else "; select them with --channels, e.g. --channels 0-11")
         )
+    if np.isnan(signal[:, :LENGTH]).all():
+        # The preprocessing would turn it into zeros: a flat line, not a record.
+        raise DataError(f"every sample of the first {LENGTH} is NaN (no signal)")
     return preprocess_ecg(signal, fs=FS)
 
 
@@ -229,67 +273,70 @@ def _shutdown_after(results: Iterable, executor: ProcessPoolExecutor) -> Iterato
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``jaxecg preprocess``; returns the exit status."""
+    args = _build_parser().parse_args(argv)
+    return run_command("preprocess", lambda: _preprocess(args))
+
+
+def _preprocess(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    parser = _build_parser()
-    args = parser.parse_args(argv)
-    try:
-        channels = _parse_channels(args.channels)
-        rows, label_columns = _read_rows(args)
-        labels, label_info = _labels(rows, label_columns, args.labels)
-        splits = _splits(rows, args)
-        if args.out.exists() and (not args.out.is_dir() or any(args.out.iterdir())):
-            raise UsageError(f"--out {args.out} exists and is not an empty directory")
-        if args.workers < 1:
-            raise UsageError(f"--workers must be >= 1, got {args.workers}")
-    except UsageError as err:
-        print(f"jaxecg preprocess: error: {err}", file=sys.stderr)
-        return 2
+    channels = _parse_channels(args.channels)
+    rows, label_columns = _read_rows(args)
+    labels, label_info = _labels(rows, label_columns, args.labels)
+    splits = _splits(rows, args)
+    if args.out.exists() and (not args.out.is_dir() or any(args.out.iterdir())):
+        raise UsageError(f"--out {args.out} exists and is not an empty directory")
+    if args.workers < 1:
+        raise UsageError(f"--workers must be >= 1, got {args.workers}")
 
     names = [row[args.record_column].strip() for row in rows]
     options = {"channels": channels, "input_fs": args.input_fs, "resample": args.resample}
     tasks = [(_resolve(args.records_dir, name), options) for name in names]
     label_shape = () if label_info["kind"] == "class" else (len(label_columns),)
-    writer = DatasetWriter(
-        args.out,
-        {s: splits.count(s) for s in SPLITS},
-        leads=LEADS,
-        length=LENGTH,
-        label_shape=label_shape,
-    )
-    skipped = []
-    results = _run(tasks, args.workers)
-    for name, split, label, (ecg, error) in tqdm(
-        zip(names, splits, labels, results),
-        total=len(names),
-        desc="preprocess",
-        unit="record",
-        file=sys.stderr,
-    ):
-        if error is not None:
-            tqdm.write(f"skipped {name}: {error}", file=sys.stderr)
-            skipped.append({"record": name, "reason": error})
-        else:
-            writer.append(split, name, ecg, label)
-    manifest = writer.finish(
-        {
-            "fs": FS,
-            "label": label_info,
-            "preprocessing": "reference (truncate 5000, NaN->0, clip 4 std, ALS baseline "
-            "lam=1e7 p=0.3 niter=5, group-wise normalisation [0:3],[3:6],[6:12])",
-            "source": {
-                "records_dir": str(args.records_dir),
-                "labels": str(args.labels),
-                "resampled": args.resample,
-                "split_seed": None if args.split_column else args.seed,
-            },
-            "skipped": skipped,
-        }
-    )
-    counts = ", ".join(f"{s} {manifest['splits'][s]['count']}" for s in SPLITS)
-    written = sum(manifest["splits"][s]["count"] for s in SPLITS)
+    # Written under a temporary name: a failed or killed run leaves nothing at --out.
+    with StagedDirectory(args.out) as stage:
+        writer = DatasetWriter(
+            stage.path,
+            {s: splits.count(s) for s in SPLITS},
+            leads=LEADS,
+            length=LENGTH,
+            label_shape=label_shape,
+        )
+        skipped = []
+        results = _run(tasks, args.workers)
+        for name, split, label, (ecg, error) in tqdm(
+            zip(names, splits, labels, results),
+            total=len(names),
+            desc="preprocess",
+            unit="record",
+            file=sys.stderr,
+        ):
+            if error is not None:
+                tqdm.write(f"skipped {name}: {error}", file=sys.stderr)
+                skipped.append({"record": name, "reason": error})
+            else:
+                writer.append(split, name, ecg, label)
+        manifest = writer.finish(
+            {
+                "fs": FS,
+                "label": label_info,
+                "preprocessing": "reference (truncate 5000, NaN->0, clip 4 std, ALS baseline "
+                "lam=1e7 p=0.3 niter=5, group-wise normalisation [0:3],[3:6],[6:12])",
+                "source": {
+                    "records_dir": str(args.records_dir),
+                    "labels": str(args.labels),
+                    "resampled": args.resample,
+                    "split_seed": None if args.split_column else args.seed,
+                },
+                "skipped": skipped,
+            }
+        )
+        counts = ", ".join(f"{s} {manifest['splits'][s]['count']}" for s in SPLITS)
+        written = sum(manifest["splits"][s]["count"] for s in SPLITS)
+        if written == 0:
+            print(f"wrote no records; skipped {len(skipped)}")
+            print("jaxecg preprocess: error: no record could be preprocessed", file=sys.stderr)
+            return 1
+        stage.commit()
     print(f"wrote {written} records ({counts}) to {args.out}; skipped {len(skipped)}")
-    if written == 0:
-        print("jaxecg preprocess: error: no record could be preprocessed", file=sys.stderr)
-        return 1
     return 0

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from jaxecg.data.sources import ArraySource
+from jaxecg.errors import DataError
 
 FORMAT = "jaxecg.ecg_dataset"
 VERSION = 1
@@ -50,7 +51,7 @@ class DatasetWriter:
     ):
         unknown = set(capacity) - set(SPLITS)
         if unknown:
-            raise ValueError(f"unknown split(s) {sorted(unknown)}; expected {SPLITS}")
+            raise DataError(f"unknown split(s) {sorted(unknown)}; expected {SPLITS}")
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.leads, self.length, self.label_shape = leads, length, tuple(label_shape)
@@ -74,9 +75,7 @@ class DatasetWriter:
     def append(self, split: str, record_id: str, ecg: np.ndarray, label: Any) -> None:
         """Add one preprocessed ``(leads, length)`` record with its label to ``split``."""
         if ecg.shape != (self.leads, self.length):
-            raise ValueError(
-                f"{record_id}: expected ({self.leads}, {self.length}), got {ecg.shape}"
-            )
+            raise DataError(f"{record_id}: expected ({self.leads}, {self.length}), got {ecg.shape}")
         row = len(self._ids[split])
         self._ecg[split][row] = ecg
         self._labels[split][row] = label
@@ -130,13 +129,18 @@ class DatasetWriter:
 
 
 def read_manifest(directory: str | Path) -> dict[str, Any]:
-    """The dataset's ``manifest.json``; ``ValueError`` if it is missing or not ours."""
+    """The dataset's ``manifest.json``; :class:`~jaxecg.errors.DataError` if missing or not ours."""
     path = Path(directory) / "manifest.json"
     if not path.is_file():
-        raise ValueError(f"{directory}: no manifest.json (not a jaxecg dataset directory)")
-    manifest = json.loads(path.read_text())
+        raise DataError(f"{directory}: no manifest.json (not a jaxecg dataset directory)")
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(manifest, dict):
+        raise DataError(f"{path}: expected a JSON object, got {type(manifest).__name__}")
     if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
-        raise ValueError(
+        raise DataError(
             f"{path}: format {manifest.get('format')!r} v{manifest.get('version')}, "
             f"expected {FORMAT!r} v{VERSION}"
         )
@@ -150,7 +154,7 @@ def load_split(directory: str | Path, split: str) -> ArraySource:
     directory = Path(directory)
     manifest = read_manifest(directory)
     if split not in manifest["splits"]:
-        raise ValueError(f"{directory}: no split {split!r}; has {sorted(manifest['splits'])}")
+        raise DataError(f"{directory}: no split {split!r}; has {sorted(manifest['splits'])}")
     entry = manifest["splits"][split]
     count = entry["count"]
     ecg = np.load(directory / entry["ecg"], mmap_mode="r")
@@ -163,5 +167,5 @@ def load_split(directory: str | Path, split: str) -> ArraySource:
     }
     for name, (got, want) in expected.items():
         if tuple(got) != tuple(want):
-            raise ValueError(f"{directory / name}: shape {tuple(got)}, manifest says {want}")
+            raise DataError(f"{directory / name}: shape {tuple(got)}, manifest says {want}")
     return ArraySource({"ecg": ecg, "label": labels}, names=ids)

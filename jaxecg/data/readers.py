@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 from scipy import signal as sps
 
+from jaxecg.errors import DataError
+
 # Physical units WFDB headers use for ECG channels, as factors to millivolts.
 _TO_MILLIVOLT = {"mv": 1.0, "uv": 1e-3, "µv": 1e-3, "μv": 1e-3, "v": 1e3}
 
@@ -24,9 +26,9 @@ _WFDB_SUFFIXES = (".hea", ".dat", ".mat")
 
 
 def check_rate(fs: float, expected: float, *, name: str = "signal") -> None:
-    """Raise ``ValueError`` unless ``fs`` equals ``expected`` (both in Hz)."""
+    """Raise :class:`~jaxecg.errors.DataError` unless ``fs`` equals ``expected`` (both in Hz)."""
     if not np.isclose(float(fs), float(expected), rtol=0.0, atol=1e-6):
-        raise ValueError(
+        raise DataError(
             f"{name}: sampling rate {float(fs):g} Hz, expected {float(expected):g} Hz; "
             f"resample it explicitly (read_wfdb(..., target_fs={float(expected):g}) "
             "or 'jaxecg preprocess --resample')"
@@ -43,9 +45,9 @@ def resample(signal: np.ndarray, fs: float, target_fs: float) -> np.ndarray:
     """
     x = np.asarray(signal, dtype=np.float64)
     if x.ndim != 2:
-        raise ValueError(f"resample expects (leads, T), got shape {x.shape}")
+        raise DataError(f"resample expects (leads, T), got shape {x.shape}")
     if fs <= 0 or target_fs <= 0:
-        raise ValueError(f"sampling rates must be positive, got fs={fs}, target_fs={target_fs}")
+        raise DataError(f"sampling rates must be positive, got fs={fs}, target_fs={target_fs}")
     ratio = Fraction(target_fs).limit_denominator(10_000) / Fraction(fs).limit_denominator(10_000)
     if ratio == 1:
         return x.astype(np.float32)
@@ -73,7 +75,7 @@ def read_wfdb(
     selects signal indices (default all, e.g. PTB has 12 leads + 3 Frank leads);
     ``target_fs`` resamples to that rate, otherwise the record's own rate is kept
     and returned. Missing samples stay NaN (the preprocessing zeroes them).
-    Corrupt or unreadable records raise ``ValueError`` naming the record.
+    Corrupt or unreadable records raise :class:`~jaxecg.errors.DataError` naming the record.
     """
     with warnings.catch_warnings():
         # wfdb's import-time pandas calls warn about pandas' own deprecations, not ours.
@@ -84,18 +86,18 @@ def read_wfdb(
     if record.suffix in _WFDB_SUFFIXES:
         record = record.with_suffix("")
     if not record.with_suffix(".hea").is_file():
-        raise ValueError(f"WFDB record {record}: header {record.with_suffix('.hea')} not found")
+        raise DataError(f"WFDB record {record}: header {record.with_suffix('.hea')} not found")
     try:
         rec = wfdb.rdrecord(str(record), channels=None if channels is None else list(channels))
     except Exception as err:  # noqa: BLE001 -- wfdb raises many types for garbled files
-        raise ValueError(f"WFDB record {record}: cannot be read ({type(err).__name__}: {err})")
+        raise DataError(f"WFDB record {record}: cannot be read ({type(err).__name__}: {err})")
     if rec.p_signal is None or rec.p_signal.ndim != 2 or rec.p_signal.shape[0] == 0:
-        raise ValueError(f"WFDB record {record}: no physical signal in the record")
+        raise DataError(f"WFDB record {record}: no physical signal in the record")
     factors = []
     for unit, name in zip(rec.units, rec.sig_name):
         key = str(unit).strip().lower()
         if key not in _TO_MILLIVOLT:
-            raise ValueError(
+            raise DataError(
                 f"WFDB record {record}: channel {name!r} has unit {unit!r}, "
                 f"expected one of mV, uV, V"
             )
@@ -125,25 +127,30 @@ def read_array(
                 keys = [k for k in data.files if k != "fs"]
                 key = "signal" if "signal" in data.files else (keys[0] if len(keys) == 1 else None)
                 if key is None:
-                    raise ValueError(f"expected a 'signal' array, found {data.files}")
+                    raise DataError(f"expected a 'signal' array, found {data.files}")
                 signal = np.asarray(data[key])
                 if "fs" in data.files:
                     stored_fs = float(data["fs"])
         elif path.suffix == ".npy":
             signal = np.load(path, allow_pickle=False)
         else:
-            raise ValueError(f"expected a .npy or .npz file, got suffix {path.suffix!r}")
-    except (OSError, ValueError, EOFError) as err:
-        raise ValueError(f"array record {path}: cannot be read ({err})") from None
+            raise DataError(f"expected a .npy or .npz file, got suffix {path.suffix!r}")
+    except (OSError, ValueError, EOFError) as err:  # DataError included: one message per file
+        raise DataError(f"array record {path}: cannot be read ({err})") from None
     if stored_fs is not None and fs is not None and not np.isclose(stored_fs, fs):
-        raise ValueError(f"array record {path}: stores fs={stored_fs:g} Hz but fs={fs:g} was given")
+        raise DataError(f"array record {path}: stores fs={stored_fs:g} Hz but fs={fs:g} was given")
     rate = stored_fs if stored_fs is not None else fs
     if rate is None:
-        raise ValueError(f"array record {path}: no sampling rate stored; pass fs=")
+        raise DataError(f"array record {path}: no sampling rate stored; pass fs=")
     if signal.ndim != 2 or not np.issubdtype(signal.dtype, np.number):
-        raise ValueError(
+        raise DataError(
             f"array record {path}: expected a numeric (leads, T) array, "
             f"got shape {signal.shape} dtype {signal.dtype}"
+        )
+    if signal.shape[0] > signal.shape[1]:
+        raise DataError(
+            f"array record {path}: shape {signal.shape} has more leads than samples; it looks "
+            "transposed (T, leads): store it as (leads, T), e.g. signal.T"
         )
     return _finish(signal, rate, target_fs)
 
@@ -166,7 +173,7 @@ def read_record(
         if channels is not None:
             channels = list(channels)
             if channels and not all(0 <= c < signal.shape[0] for c in channels):
-                raise ValueError(
+                raise DataError(
                     f"array record {path}: channels {channels} out of range for "
                     f"{signal.shape[0]} leads"
                 )
