@@ -1,6 +1,6 @@
 """Compact PyTorch re-implementation of the reference models, for side-by-side benchmarks.
 
-Architectures as SPEC §1–§6 state them (timm 0.6 ViT blocks with a fused ``qkv``, exact
+Architectures as docs/reference.md states them (timm 0.6 ViT blocks with a fused ``qkv``, exact
 GELU, LayerNorm eps 1e-6; the MAE with masking from given noise, its decoder and loss;
 torchvision ResNet18/50 without ``fc``; lightly's SimCLR head and NT-Xent). Module names
 are the reference's, so ``convert.export(variables, kind, config)`` of a Flax model loads

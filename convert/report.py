@@ -1,4 +1,4 @@
-"""What a load did (:class:`LoadReport`) and the reference's accept/reject rules (SPEC §10).
+"""What a load did (:class:`LoadReport`), the reference's checks (docs/reference.md#loading-rules).
 
 ``validate`` applies the reference ``PretrainedWeightsMixin``'s checks in its order:
 every shape mismatch at once, then the missing-key ratio against

@@ -1,4 +1,4 @@
-"""The reference's loading rules (``PretrainedWeightsMixin``, SPEC §10), one object per model kind.
+"""The reference's loading rules (docs/reference.md#loading-rules), one object per model kind.
 
 A rule works on torch names only: which target keys it validates (``validates``),
 which source keys it tries for a target (``names``), and how it matches a target

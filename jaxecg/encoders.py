@@ -35,7 +35,8 @@ from jaxecg.models.vit import ECGEncoder, ViTConfig
 PyTree = Any
 EncoderKind = Literal["ecg", "cmr"]
 
-# The reference resizes CMR frames to 210 px (SPEC §9) unless a training config says otherwise.
+# The reference resizes CMR frames to 210 px unless a training config says otherwise
+# (docs/reference.md#cmr-augmentations).
 DEFAULT_IMAGE_SIZE = 210
 
 # Model kinds (``convert.targets.KINDS``) that contain an encoder, by modality.

@@ -1,4 +1,4 @@
-"""Cardiac-MRI augmentations in JAX, the reference's torchvision pipeline (SPEC §9).
+"""Cardiac-MRI augmentations in JAX, the reference's pipeline (docs/reference.md#cmr-augmentations).
 
 Images are ONE sample ``(H, W, C)`` float32 with values in [0, 1] (NHWC without
 the batch axis; ``C`` is 3 for the ResNet encoders). Every function is a pure

@@ -1,4 +1,4 @@
-"""ECG augmentations as pure JAX functions of ``(key, x)`` (SPEC §9).
+"""ECG augmentations as pure JAX functions of ``(key, x)`` (docs/reference.md#ecg-augmentations).
 
 Each function takes ONE sample ``x`` of shape ``(leads, T)`` (or ``(1, leads, T)``;
 any leading axes are treated as part of the sample) and a PRNG key, and is

@@ -1,4 +1,4 @@
-"""The reference's offline ECG preprocessing (SPEC §9), step by step.
+"""The reference's offline ECG preprocessing (docs/reference.md#ecg-preprocessing), step by step.
 
 ``preprocess_ecg`` maps one raw record ``(12, T)`` at 500 Hz in millivolts to
 the ``(12, 5000)`` float32 array the models were trained on: truncate to 5000

@@ -1,5 +1,6 @@
 """NT-Xent (SimCLR's normalised-temperature cross-entropy), as the reference's custom
-lightly ``NTXentLoss`` without memory bank, optionally with negatives from every device (SPEC §6).
+lightly ``NTXentLoss`` without memory bank, optionally with every device's negatives
+(docs/reference.md#nt-xent).
 """
 
 from __future__ import annotations

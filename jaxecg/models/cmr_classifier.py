@@ -1,4 +1,4 @@
-"""CMR classifier: ResNet encoder + linear or MLP head, fine-tuned or frozen (SPEC §7).
+"""CMR classifier: ResNet encoder + linear or MLP head, tuned or frozen (docs/reference.md#heads).
 
 Param tree: ``encoder/<CMREncoder tree>`` and ``head/{kernel,bias}`` (linear) or
 ``head/{fc1,fc2,fc3}`` (mlp) — the reference's ``encoder.*`` and ``head.*``.

@@ -1,4 +1,4 @@
-"""Heads on top of the CMR encoder's ``(B, F)`` features (SPEC §6–§7).
+"""Heads on top of the CMR encoder's ``(B, F)`` features (docs/reference.md#heads).
 
 - :class:`LinearClassifier`: the online / linear-probe classifier with the reference's four
   weight-init strategies (param tree ``model/{kernel,bias}``).

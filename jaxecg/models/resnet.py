@@ -1,4 +1,4 @@
-"""CMR image encoder: torchvision ResNet18/ResNet50 without ``fc``, in NHWC (SPEC §5).
+"""CMR image encoder: torchvision ResNet18/50 without ``fc``, in NHWC (docs/reference.md#resnet).
 
 The parameter tree mirrors the reference's ``nn.Sequential(*resnet.children()[:-1])``:
 ``conv1``, ``bn1``, ``layer{k}_{j}/{conv1,bn1,conv2,bn2[,conv3,bn3],downsample_0,downsample_1}``

@@ -1,4 +1,4 @@
-"""SimCLR for CMR images: ResNet encoder + projection head (SPEC §6).
+"""SimCLR for CMR images: ResNet encoder + projection head (docs/reference.md#simclr).
 
 Param tree: ``encoder_imaging/<CMREncoder tree>`` and ``projection_head/layers_*`` — the
 reference's ``encoder_imaging.encoder.*`` and ``projection_head.layers.*``. The reference's

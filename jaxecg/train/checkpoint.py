@@ -7,7 +7,7 @@ process via Grain's handler) and ``config`` (the experiment config as JSON).
 Retention keeps the ``keep`` most recent checkpoints plus the ``keep_best``
 best by a validation metric. Restoring goes through an abstract target whose
 leaves carry the mesh shardings, else the next ``jit`` fails with
-"incompatible devices" (SPEC §12).
+"incompatible devices" (docs/reference.md#toolchain).
 """
 
 from __future__ import annotations

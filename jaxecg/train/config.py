@@ -42,7 +42,7 @@ class OptimConfig(Config):
 
     ``schedule``: ``warmup_cosine`` (bolts LinearWarmupCosineAnnealingLR),
     ``cosine`` (torch CosineAnnealingLR) or ``constant``. ``layer_decay`` < 1
-    scales each ViT layer's lr by ``layer_decay ** (L - layer_id)`` (SPEC §4);
+    scales each ViT layer's lr by ``layer_decay ** (L - layer_id)`` (docs/reference.md#layer-decay);
     1.0 switches it off.
     """
 

@@ -3,7 +3,7 @@
 One ``("data",)`` axis over every device of every process: the batch is split
 along it, parameters and optimiser state are replicated. The axis type is
 ``Auto`` because the default Explicit axes make reshapes inside the sharded MAE
-step raise ``ShardingTypeError`` (SPEC §12).
+step raise ``ShardingTypeError`` (docs/reference.md#toolchain).
 """
 
 from __future__ import annotations

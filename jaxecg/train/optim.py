@@ -75,7 +75,7 @@ def vit_layer_id(names: tuple[str, ...], num_layers: int) -> int:
 
 
 def vit_layer_scales(params: PyTree, *, depth: int, layer_decay: float) -> PyTree:
-    """Per-leaf lr scale ``layer_decay ** (depth + 1 - layer_id)`` (SPEC §4)."""
+    """Per-leaf lr scale ``layer_decay ** (depth + 1 - id)`` (docs/reference.md#layer-decay)."""
     num_layers = depth + 1
     return jax.tree_util.tree_map_with_path(
         lambda p, _: layer_decay ** (num_layers - vit_layer_id(path_names(p), num_layers)), params

@@ -1,7 +1,7 @@
 """Learning-rate schedules of the reference, as optax schedules of the optimiser step.
 
 The reference configures its schedulers in *epochs* but steps them once per
-batch (SPEC §8), so its "epochs" are really steps. Here the schedule functions
+batch (docs/reference.md#schedules), so its "epochs" are really steps. Here the schedule functions
 speak steps, and :func:`schedule_steps` converts a config's epochs with the real
 number of steps per epoch. All functions are written in ``jnp`` without fixed
 dtypes so that they run inside ``jit`` (float32) and reproduce the golden

@@ -1,4 +1,4 @@
-"""CMR classification fine-tuning: ResNet encoder + linear or MLP head (SPEC §7).
+"""CMR classification fine-tuning: ResNet encoder + linear or MLP head (docs/reference.md#heads).
 
 torch-style Adam with L2 on every trainable parameter and a cosine (or
 warmup-cosine) schedule in real steps. ``model.freeze_encoder`` keeps the

@@ -1,4 +1,4 @@
-"""ECG classification fine-tuning of the ViT (SPEC §4).
+"""ECG classification fine-tuning of the ViT (docs/reference.md#ecg-classifier).
 
 AdamW over oetu/mae ``param_groups_lrd`` groups: no decay for 1-D tensors,
 ``pos_embed`` and ``cls_token``; per-layer lr scale ``layer_decay ** (L - id)``

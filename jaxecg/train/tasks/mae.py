@@ -1,11 +1,11 @@
-"""MAE pretraining of the ECG ViT (SPEC §3) with LitMAE's optimiser.
+"""MAE pretraining of the ECG ViT (docs/reference.md#mae) with LitMAE's optimiser.
 
 AdamW (β = 0.9, 0.95) over timm ``add_weight_decay`` groups — no decay for 1-D
 tensors and biases, decay for everything else including ``cls_token`` and
 ``mask_token`` (the golden ``add_weight_decay_lit_mae`` table; the fixed
 sin-cos tables are not parameters) — and the bolts warmup-cosine schedule in
-real steps. Each step crops/augments the batch on device (SPEC §9 pretraining
-settings) and draws a fresh mask from the step's rng.
+real steps. Each step crops/augments the batch on device (pretraining settings,
+docs/reference.md#ecg-augmentations) and draws a fresh mask from the step's rng.
 """
 
 from __future__ import annotations

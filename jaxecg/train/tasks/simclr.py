@@ -1,4 +1,4 @@
-"""SimCLR pretraining of the CMR ResNet encoder with an online linear classifier (SPEC §6).
+"""SimCLR pretraining of the CMR ResNet, online classifier (docs/reference.md#simclr-training).
 
 Params are ``{"model": SimCLR tree, "classifier": LinearClassifier tree}``; one
 ``multi_transform`` gives each part its own optimiser, as the reference's two
