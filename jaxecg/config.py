@@ -8,9 +8,12 @@ offending key when something is wrong instead of silently ignoring it.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from typing import Any, ClassVar, Self
+
+import yaml
 
 from jaxecg.errors import ConfigError
 
@@ -123,7 +126,33 @@ class Config:
                 f"unknown {cls.__name__} key(s) {[_prefix + k for k in unknown]}; "
                 f"valid keys: {sorted(fields)}"
             )
-        values = {
-            k: _check_value(cls.__name__, _prefix + k, hints[k], v) for k, v in data.items()
-        }
+        values = {k: _check_value(cls.__name__, _prefix + k, hints[k], v) for k, v in data.items()}
         return cls(**values)
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also reads ``1e-5`` as a float (YAML 1.1 insists on ``1.0e-5``)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+][0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.VERBOSE,
+    ),
+    list("-+0123456789."),
+)
+
+
+def read_yaml(text: str) -> Any:
+    """A YAML document (config files, command-line values), floats like ``1e-5`` included."""
+    return yaml.load(text, Loader=_Loader)
+
+
+def parse_value(text: str) -> Any:
+    """A command-line value as YAML (``3``, ``1e-4``, ``true``, ``[1, 2]``, ``null``, text)."""
+    return read_yaml(text)

@@ -199,7 +199,7 @@ def embed(
     import tqdm
 
     from jaxecg.data.augment_ecg import crop
-    from jaxecg.train.mesh import batch_sharding, make_mesh, replicated
+    from jaxecg.devices import batch_sharding, make_mesh, replicated
 
     if encoder.kind != records.modality:
         raise UsageError(
@@ -343,7 +343,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _overrides(items: list[str]) -> dict[str, Any]:
-    from jaxecg.train.config import parse_value
+    from jaxecg.config import parse_value
 
     overrides = {}
     for item in items:

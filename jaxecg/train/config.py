@@ -11,13 +11,21 @@ top-level ``pretrained_weights``. Everything is parsed by
 from __future__ import annotations
 
 import dataclasses
-import re
 from pathlib import Path
 from typing import Any, Literal, Self
 
-import yaml
+from jaxecg.config import Config, ConfigError, parse_value, read_yaml
 
-from jaxecg.config import Config, ConfigError
+__all__ = [
+    "DataConfig",
+    "DistributedConfig",
+    "ExperimentConfig",
+    "OptimConfig",
+    "TrainConfig",
+    "apply_overrides",
+    "load_config",
+    "parse_value",
+]
 
 TaskName = Literal["mae_pretrain", "simclr_pretrain", "ecg_finetune", "cmr_finetune"]
 
@@ -152,29 +160,6 @@ def _with_preset(config_cls: type[Config], value: Any, prefix: str) -> Config:
     return _section(config_cls, value, prefix)
 
 
-class _Loader(yaml.SafeLoader):
-    """SafeLoader that also reads ``1e-5`` as a float (YAML 1.1 insists on ``1.0e-5``)."""
-
-
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(
-        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
-        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
-        |\.[0-9_]+(?:[eE][-+][0-9]+)?
-        |[-+]?\.(?:inf|Inf|INF)
-        |\.(?:nan|NaN|NAN))$""",
-        re.VERBOSE,
-    ),
-    list("-+0123456789."),
-)
-
-
-def parse_value(text: str) -> Any:
-    """A command-line value as YAML (``3``, ``1e-4``, ``true``, ``[1, 2]``, ``null``, text)."""
-    return yaml.load(text, Loader=_Loader)
-
-
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply ``a.b.c=value`` overrides to a nested dict (copied); new keys are allowed here.
 
@@ -206,7 +191,7 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> ExperimentConfig
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist")
-    data = yaml.load(path.read_text(), Loader=_Loader) or {}
+    data = read_yaml(path.read_text()) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
     return ExperimentConfig.from_dict(apply_overrides(data, list(overrides)))

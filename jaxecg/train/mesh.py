@@ -1,9 +1,9 @@
 """Device mesh, shardings and multi-process start-up for data-parallel training.
 
-One ``("data",)`` axis over every device of every process: the batch is split
-along it, parameters and optimiser state are replicated. The axis type is
-``Auto`` because the default Explicit axes make reshapes inside the sharded MAE
-step raise ``ShardingTypeError`` (docs/reference.md#toolchain).
+One ``("data",)`` axis over every device of every process (:mod:`jaxecg.devices`,
+shared with inference): the batch is split along it, parameters and optimiser state
+are replicated. This module adds what only training needs: joining processes, the
+batch-size check and replication of a state.
 """
 
 from __future__ import annotations
@@ -11,12 +11,21 @@ from __future__ import annotations
 from typing import Any
 
 import jax
-import numpy as np
-from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh
 
+from jaxecg.devices import DATA_AXIS, batch_sharding, make_mesh, replicated, to_host
 from jaxecg.train.config import DistributedConfig
 
-DATA_AXIS = "data"
+__all__ = [
+    "DATA_AXIS",
+    "batch_sharding",
+    "check_batch_size",
+    "initialize_distributed",
+    "make_mesh",
+    "replicate",
+    "replicated",
+    "to_host",
+]
 
 
 def initialize_distributed(cfg: DistributedConfig) -> None:
@@ -40,21 +49,6 @@ def initialize_distributed(cfg: DistributedConfig) -> None:
     )
 
 
-def make_mesh() -> Mesh:
-    """A 1-D ``("data",)`` mesh over all devices of all processes."""
-    return jax.make_mesh((jax.device_count(),), (DATA_AXIS,), axis_types=(AxisType.Auto,))
-
-
-def batch_sharding(mesh: Mesh) -> NamedSharding:
-    """Leading (batch) axis split over ``data``; other axes whole."""
-    return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
-
-
-def replicated(mesh: Mesh) -> NamedSharding:
-    """Same full copy on every device (parameters, optimiser state, step)."""
-    return NamedSharding(mesh, PartitionSpec())
-
-
 def check_batch_size(global_batch: int, mesh: Mesh, *, what: str = "train.batch_size") -> int:
     """The per-process batch; errors (before anything compiles) if devices cannot split it."""
     devices = mesh.devices.size
@@ -69,12 +63,3 @@ def check_batch_size(global_batch: int, mesh: Mesh, *, what: str = "train.batch_
 def replicate(tree: Any, mesh: Mesh) -> Any:
     """Place a host/device pytree fully replicated on the mesh."""
     return jax.device_put(tree, replicated(mesh))
-
-
-def to_host(x: jax.Array) -> np.ndarray:
-    """A global array (possibly spread over processes) as one numpy array on every host."""
-    if jax.process_count() == 1:
-        return np.asarray(x)
-    from jax.experimental import multihost_utils
-
-    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
