@@ -7,12 +7,17 @@ preprocessed exactly as the reference (:func:`~jaxecg.data.preprocess.preprocess
 and streamed into ``OUT`` (see :mod:`jaxecg.data.dataset`). A record that cannot
 be used is reported with its name and reason, listed in the manifest, and
 skipped — never zero-filled.
+
+``--format ptbxl`` reads a PTB-XL root instead (its database and statements CSVs; labels,
+classes and folds as the PTB-XL benchmark builds them, see :mod:`jaxecg.data.ptbxl`), and
+``--labels`` names the statement set.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import multiprocessing as mp
 import sys
 from collections.abc import Iterable, Iterator, Sequence
@@ -22,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from jaxecg.data import ptbxl
 from jaxecg.data.dataset import SPLITS, DatasetWriter
 from jaxecg.data.preprocess import FS, LEADS, LENGTH, preprocess_ecg
 from jaxecg.data.readers import check_rate, read_record
@@ -59,7 +65,17 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("records_dir", metavar="RECORDS_DIR", type=Path)
     parser.add_argument(
-        "--labels", required=True, type=Path, metavar="CSV", help="CSV with one row per record"
+        "--format",
+        choices=("folder", "ptbxl"),
+        default="folder",
+        help="folder: RECORDS_DIR + a labels CSV (default); ptbxl: RECORDS_DIR is a PTB-XL root",
+    )
+    parser.add_argument(
+        "--labels",
+        type=Path,
+        metavar="CSV|SET",
+        help="CSV with one row per record; with --format ptbxl the statement set, one of "
+        f"{', '.join(ptbxl.STATEMENT_SETS)} (default: {ptbxl.DEFAULT_SET})",
     )
     parser.add_argument(
         "--out",
@@ -110,6 +126,8 @@ def _build_parser() -> argparse.ArgumentParser:
 def _read_rows(args: argparse.Namespace) -> tuple[list[dict[str, str]], list[str]]:
     if not args.records_dir.is_dir():
         raise UsageError(f"RECORDS_DIR {args.records_dir} is not a directory")
+    if args.labels is None:
+        raise UsageError("--labels CSV is required (one row per record)")
     if not args.labels.is_file():
         raise UsageError(f"--labels {args.labels} not found")
     with open(args.labels, newline="") as handle:
@@ -225,6 +243,65 @@ def _resolve(records_dir: Path, name: str) -> Path | None:
     return None
 
 
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+    """What to write: per record its id, file, split and label; and the manifest's fields."""
+
+    names: list[str]
+    paths: list[Path | None]
+    splits: list[str]
+    labels: list[Any]
+    label_shape: tuple[int, ...]
+    metadata: dict[str, Any]
+
+
+def _folder_plan(args: argparse.Namespace) -> _Plan:
+    rows, label_columns = _read_rows(args)
+    labels, label_info = _labels(rows, label_columns, args.labels)
+    names = [row[args.record_column].strip() for row in rows]
+    return _Plan(
+        names=names,
+        paths=[_resolve(args.records_dir, name) for name in names],
+        splits=_splits(rows, args),
+        labels=labels,
+        label_shape=() if label_info["kind"] == "class" else (len(label_columns),),
+        metadata={
+            "label": label_info,
+            "source": {
+                "records_dir": str(args.records_dir),
+                "labels": str(args.labels),
+                "resampled": args.resample,
+                "split_seed": None if args.split_column else args.seed,
+            },
+        },
+    )
+
+
+def _ptbxl_plan(args: argparse.Namespace) -> _Plan:
+    if args.label_column or args.split_column:
+        raise UsageError("--label-column and --split-column do not apply to --format ptbxl")
+    statement_set = ptbxl.DEFAULT_SET if args.labels is None else str(args.labels)
+    found = ptbxl.read_ptbxl(args.records_dir, statement_set)
+    return _Plan(
+        names=found.ecg_ids,
+        paths=[_resolve(args.records_dir, name) for name in found.filenames],
+        splits=found.splits,
+        labels=list(found.targets),
+        label_shape=(len(found.classes),),
+        metadata={
+            "label": {"kind": "vector", "columns": found.classes, "statements": statement_set},
+            "classes": found.classes,
+            "source": {
+                "ptbxl_root": str(args.records_dir),
+                "statements": statement_set,
+                "folds": {"train": "1-8", "val": ptbxl.VAL_FOLD, "test": ptbxl.TEST_FOLD},
+                "resampled": args.resample,
+            },
+            "dropped_no_label": {"count": len(found.dropped), "ecg_ids": found.dropped},
+        },
+    )
+
+
 def process_record(
     path: Path | None,
     *,
@@ -281,32 +358,28 @@ def _preprocess(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     channels = _parse_channels(args.channels)
-    rows, label_columns = _read_rows(args)
-    labels, label_info = _labels(rows, label_columns, args.labels)
-    splits = _splits(rows, args)
+    plan = _ptbxl_plan(args) if args.format == "ptbxl" else _folder_plan(args)
     if args.out.exists() and (not args.out.is_dir() or any(args.out.iterdir())):
         raise UsageError(f"--out {args.out} exists and is not an empty directory")
     if args.workers < 1:
         raise UsageError(f"--workers must be >= 1, got {args.workers}")
 
-    names = [row[args.record_column].strip() for row in rows]
     options = {"channels": channels, "input_fs": args.input_fs, "resample": args.resample}
-    tasks = [(_resolve(args.records_dir, name), options) for name in names]
-    label_shape = () if label_info["kind"] == "class" else (len(label_columns),)
+    tasks = [(path, options) for path in plan.paths]
     # Written under a temporary name: a failed or killed run leaves nothing at --out.
     with StagedDirectory(args.out) as stage:
         writer = DatasetWriter(
             stage.path,
-            {s: splits.count(s) for s in SPLITS},
+            {s: plan.splits.count(s) for s in SPLITS},
             leads=LEADS,
             length=LENGTH,
-            label_shape=label_shape,
+            label_shape=plan.label_shape,
         )
         skipped = []
         results = _run(tasks, args.workers)
         for name, split, label, (ecg, error) in tqdm(
-            zip(names, splits, labels, results),
-            total=len(names),
+            zip(plan.names, plan.splits, plan.labels, results),
+            total=len(plan.names),
             desc="preprocess",
             unit="record",
             file=sys.stderr,
@@ -319,15 +392,9 @@ def _preprocess(args: argparse.Namespace) -> int:
         manifest = writer.finish(
             {
                 "fs": FS,
-                "label": label_info,
+                **plan.metadata,
                 "preprocessing": "reference (truncate 5000, NaN->0, clip 4 std, ALS baseline "
                 "lam=1e7 p=0.3 niter=5, group-wise normalisation [0:3],[3:6],[6:12])",
-                "source": {
-                    "records_dir": str(args.records_dir),
-                    "labels": str(args.labels),
-                    "resampled": args.resample,
-                    "split_seed": None if args.split_column else args.seed,
-                },
                 "skipped": skipped,
             }
         )
@@ -338,5 +405,7 @@ def _preprocess(args: argparse.Namespace) -> int:
             print("jaxecg preprocess: error: no record could be preprocessed", file=sys.stderr)
             return 1
         stage.commit()
-    print(f"wrote {written} records ({counts}) to {args.out}; skipped {len(skipped)}")
+    dropped = manifest.get("dropped_no_label")
+    note = f"; dropped {dropped['count']} with no label in the set" if dropped else ""
+    print(f"wrote {written} records ({counts}) to {args.out}; skipped {len(skipped)}{note}")
     return 0
