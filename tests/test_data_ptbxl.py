@@ -15,7 +15,13 @@ import wfdb
 from train_helpers import CONFIGS, persistent_compilation_cache, records  # noqa: F401
 
 from jaxecg.cli import main as jaxecg_main
-from jaxecg.data import load_split, read_manifest, synthetic_ecg_record
+from jaxecg.data import (
+    load_split,
+    preprocess_ecg,
+    read_manifest,
+    read_wfdb,
+    synthetic_ecg_record,
+)
 from jaxecg.data.ptbxl import read_ptbxl
 from jaxecg.data.synthetic import LEAD_NAMES
 from jaxecg.errors import DataError
@@ -133,7 +139,7 @@ def dataset(ptbxl_root, tmp_path_factory):
     return out
 
 
-def test_labels_and_folds_come_out_as_constructed(dataset):
+def test_labels_and_folds_come_out_as_constructed(ptbxl_root, dataset):
     manifest = read_manifest(dataset)
     assert manifest["classes"] == SUPERCLASSES
     assert manifest["dropped_no_label"] == {"count": 2, "ecg_ids": ["9", "19"]}
@@ -148,15 +154,10 @@ def test_labels_and_folds_come_out_as_constructed(dataset):
         for row, ecg_id in zip(targets, ids):
             assert {SUPERCLASSES[c] for c in np.flatnonzero(row)} == expected[int(ecg_id)]
         assert set(np.unique(targets)) <= {0.0, 1.0}
-
-
-def test_records_are_the_preprocessed_wfdb_signals(ptbxl_root, dataset):
-    from jaxecg.data import preprocess_ecg, read_wfdb
-
-    test = load_split(dataset, "test")
+    # The records are the fixture's WFDB signals, preprocessed as the reference does.
     signal, fs = read_wfdb(ptbxl_root / _filename(17))
     assert fs == 500 and signal.shape == (12, 5000)
-    np.testing.assert_array_equal(test[0]["ecg"], preprocess_ecg(signal, fs=500))
+    np.testing.assert_array_equal(load_split(dataset, "test")[0]["ecg"], preprocess_ecg(signal))
 
 
 def test_other_statement_sets(tmp_path):
