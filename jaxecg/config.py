@@ -8,6 +8,7 @@ offending key when something is wrong instead of silently ignoring it.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import re
 import types
 import typing
@@ -18,11 +19,19 @@ import yaml
 from jaxecg.errors import ConfigError
 
 
+def _where(cls_name: str, key: str) -> str:
+    """A key as the user wrote it: its dotted path inside a section, ``Class.key`` at the top."""
+    return key if "." in key else f"{cls_name}.{key}"
+
+
 def _check_value(cls_name: str, key: str, hint: Any, value: Any) -> Any:
-    """Coerce ``value`` to ``hint`` where that is lossless; raise naming ``key`` otherwise."""
+    """Coerce ``value`` to ``hint`` where that is lossless; raise naming ``key`` otherwise.
+
+    ``key`` is the dotted path from the outermost config being parsed (``train.steps``).
+    """
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
-    where = f"{cls_name}.{key}"
+    where = _where(cls_name, key)
     if hint is Any:
         return value
     if origin in (typing.Union, types.UnionType):
@@ -58,7 +67,7 @@ def _check_value(cls_name: str, key: str, hint: Any, value: Any) -> Any:
             return value
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping for {hint.__name__}, got {value!r}")
-        return hint.from_dict(value, _prefix=f"{where}.")
+        return hint.from_dict(value, _prefix=f"{key}.")
     if hint is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"{where}: expected bool, got {value!r}")
@@ -122,12 +131,19 @@ class Config:
         fields = {f.name for f in dataclasses.fields(cls) if f.init}
         unknown = sorted(set(data) - fields)
         if unknown:
+            named = ", ".join(_unknown_key(_prefix, k, fields) for k in unknown)
             raise ConfigError(
-                f"unknown {cls.__name__} key(s) {[_prefix + k for k in unknown]}; "
-                f"valid keys: {sorted(fields)}"
+                f"unknown {cls.__name__} key(s) {named}; valid keys: {sorted(fields)}"
             )
         values = {k: _check_value(cls.__name__, _prefix + k, hints[k], v) for k, v in data.items()}
         return cls(**values)
+
+
+def _unknown_key(prefix: str, key: str, fields: set[str]) -> str:
+    """``'train.stpes' (did you mean 'train.steps'?)``: the path as written, a close match."""
+    close = difflib.get_close_matches(str(key), sorted(fields), n=1)
+    hint = f" (did you mean {prefix + close[0]!r}?)" if close else ""
+    return f"{prefix + str(key)!r}{hint}"
 
 
 class _Loader(yaml.SafeLoader):

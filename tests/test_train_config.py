@@ -99,3 +99,15 @@ def test_cli_reports_config_errors_in_one_line(capsys, tmp_path):
     assert "optim.layer_decay" in err and len(err.splitlines()) == 1
     assert main([str(tmp_path / "missing.yaml")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_unknown_override_names_the_path_as_written_with_a_close_match():
+    with pytest.raises(ConfigError) as err:
+        load_config(CONFIGS / "pretrain_mae_ecg.yaml", ["train.stpes=3"])
+    message = str(err.value)
+    assert message.startswith(
+        "unknown TrainConfig key(s) 'train.stpes' (did you mean 'train.steps'?); valid keys:"
+    )
+    assert "ExperimentConfig" not in message
+    with pytest.raises(ConfigError, match=r"^model\.depth: expected int, got 'deep'$"):
+        load_config(CONFIGS / "pretrain_mae_ecg.yaml", ["model.depth=deep"])
