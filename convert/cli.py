@@ -1,7 +1,8 @@
 """``python -m convert SRC --kind KIND [...] --out DIR``: a checkpoint → an Orbax directory.
 
-Prints the load report; on any failure prints a one-line reason, exits non-zero and
-leaves no output directory behind (``convert.save`` writes atomically).
+Prints the load report; on a failure prints the report (when there is one) and a one-line
+reason, exits 2 for bad input (1 when writing failed) and leaves no output directory
+behind (``convert.save`` writes atomically). Anything not ours raises with its traceback.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from convert.report import CheckpointMismatchError
 from convert.store import save
 from convert.targets import KINDS, binding
 from jaxecg.config import Config
+from jaxecg.errors import CheckpointError, ConfigError, UsageError, run_command
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -47,6 +49,11 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="resize a learned pos_embed of another time length (bicubic along time)",
     )
+    parser.add_argument(
+        "--strip-prefix",
+        metavar="PREFIX",
+        help="remove PREFIX (e.g. 'model.') from the file's keys before matching",
+    )
     parser.add_argument("--out", required=True, type=Path, help="new output directory")
     return parser
 
@@ -57,21 +64,25 @@ def _config(kind: str, preset: str | None, config_file: Path | None) -> Config:
         try:
             overrides = yaml.safe_load(config_file.read_text()) or {}
         except (OSError, yaml.YAMLError) as err:
-            raise ValueError(f"cannot read config file {str(config_file)!r}: {err}") from err
+            raise ConfigError(f"cannot read config file {str(config_file)!r}: {err}") from err
         if not isinstance(overrides, dict):
-            raise ValueError(f"config file {str(config_file)!r} must hold a mapping of fields")
+            raise ConfigError(f"config file {str(config_file)!r} must hold a mapping of fields")
     cls = binding(kind).config_cls
     return cls.preset(preset, **overrides) if preset else cls.from_dict(overrides)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    return run_command("convert", lambda: _convert(args))
+
+
+def _convert(args: argparse.Namespace) -> int:
     # The printed report already lists every missing and unexpected key.
     logging.getLogger("convert").setLevel(logging.ERROR)
+    if args.out.exists():
+        raise UsageError(f"output directory {str(args.out)!r} already exists")
+    config = _config(args.kind, args.preset, args.config)
     try:
-        if args.out.exists():
-            raise ValueError(f"output directory {str(args.out)!r} already exists")
-        config = _config(args.kind, args.preset, args.config)
         variables, report = load(
             args.source,
             args.kind,
@@ -79,15 +90,13 @@ def main(argv: list[str] | None = None) -> int:
             strict=args.strict,
             missing_key_threshold=args.missing_key_threshold,
             resize_pos_embed=args.resize_pos_embed,
+            strip_prefix=args.strip_prefix,
         )
-        print(report.summary())
-        out = save(variables, args.out, kind=args.kind, config=config, report=report)
     except CheckpointMismatchError as err:
+        # The report lists the keys once; the error line only says why it failed.
         print(err.report.summary(), file=sys.stderr)
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    except (ValueError, OSError) as err:  # unreadable file, bad config, existing --out, ...
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+        raise CheckpointError(err.headline) from err
+    print(report.summary())
+    out = save(variables, args.out, kind=args.kind, config=config, report=report)
     print(f"saved {args.kind} to {out}")
     return 0

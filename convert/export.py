@@ -19,6 +19,7 @@ from flax import traverse_util
 
 from convert.targets import binding
 from jaxecg.config import Config
+from jaxecg.errors import CheckpointError
 
 if TYPE_CHECKING:  # torch is needed only to export, so importing convert does not pull it in
     import torch
@@ -40,7 +41,7 @@ def export(
 ) -> dict[str, torch.Tensor]:
     """``{"params": ..., "batch_stats": ...}`` of ``kind``/``config`` → ``{torch name: tensor}``.
 
-    Raises ``ValueError`` naming every leaf that is missing, unexpected or of the wrong
+    Raises :class:`~jaxecg.errors.CheckpointError` naming every leaf that is missing, unexpected or of the wrong
     shape for ``Module(config)``.
     """
     target = binding(kind)
@@ -61,7 +62,7 @@ def export(
         if p in flat and flat[p].shape != shape
     ]
     if problems:
-        raise ValueError(
+        raise CheckpointError(
             f"variables do not fit {kind} with this config ({len(problems)} problem(s)): "
             + "; ".join(problems)
         )

@@ -43,6 +43,7 @@ from convert.report import LoadReport, validate
 from convert.rules import RULES, Rule, tensors_of, unwrap
 from convert.targets import binding
 from jaxecg.config import Config
+from jaxecg.errors import CheckpointError
 
 log = logging.getLogger("convert")
 
@@ -63,12 +64,26 @@ def _state_dict(
     return tensors_of(unwrap(checkpoint)), str(path), digest
 
 
+def strip_key_prefix(state: Mapping[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
+    """``state`` with ``prefix`` removed from the keys that have it (the others are kept)."""
+    stripped = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+    if not stripped:
+        raise CheckpointError(f"strip_prefix={prefix!r}: no key of the checkpoint starts with it")
+    kept = {k: v for k, v in state.items() if not k.startswith(prefix)}
+    clashes = sorted(set(stripped) & set(kept))
+    if clashes:
+        raise CheckpointError(
+            f"strip_prefix={prefix!r}: the file also holds {clashes[:5]} without the prefix"
+        )
+    return {**kept, **stripped}
+
+
 def _resize_pos_embed(array: np.ndarray, shape: tuple[int, ...], config: Any) -> np.ndarray:
     from jaxecg.models.pos_embed import interpolate_pos_embed
 
     resized = np.asarray(interpolate_pos_embed(array, config.grid_size))
     if resized.shape != shape:
-        raise ValueError(
+        raise CheckpointError(
             f"cannot resize pos_embed {array.shape} to the model's {shape} "
             f"(grid {config.grid_size})"
         )
@@ -94,6 +109,7 @@ def load(
     strict: bool = False,
     missing_key_threshold: float = 0.1,
     resize_pos_embed: bool = False,
+    strip_prefix: str | None = None,
     rule: Rule | None = None,
 ) -> tuple[dict[str, Any], LoadReport]:
     """Convert a checkpoint into ``{"params": ..., "batch_stats": ...}`` for ``Module(config)``.
@@ -103,7 +119,10 @@ def load(
     :data:`convert.targets.KINDS`. ``config``: the model config (or its dict; ``None`` →
     the config class's defaults). ``resize_pos_embed``: accept a learned ``pos_embed`` of
     another time length and resize it (bicubic along time, as the reference's
-    ``interpolate_pos_embed``). ``rule``: replaces the kind's default :class:`Rule`.
+    ``interpolate_pos_embed``). ``strip_prefix``: remove this prefix from the file's keys
+    first (e.g. ``"model."`` for a Lightning module holding the model as ``self.model``;
+    the failure report names it when most missing keys sit under one prefix).
+    ``rule``: replaces the kind's default :class:`Rule`.
 
     Raises :class:`~convert.report.CheckpointMismatchError` (shape mismatches, too many
     or — with ``strict`` — any missing keys) and
@@ -113,6 +132,8 @@ def load(
     rule = rule if rule is not None else RULES[kind]
     config = target.config(config)
     state, source_name, digest = _state_dict(source)
+    if strip_prefix:
+        state = strip_key_prefix(state, strip_prefix)
 
     entries, abstract = target.entries(config)
     tables = target.fixed_tables(config)

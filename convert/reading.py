@@ -17,6 +17,8 @@ from __future__ import annotations
 import io
 import lzma
 import pickle
+import re
+import sys
 import zipfile
 from collections import OrderedDict
 from collections.abc import Callable
@@ -26,14 +28,22 @@ from typing import Any, Self
 import ml_dtypes
 import numpy as np
 
+from jaxecg.errors import CheckpointError
+
 _XZ_MAGIC = b"\xfd7zXZ\x00"
 _ZIP_MAGIC = b"PK\x03\x04"
 _NPZ_SUFFIXES = (".npz",)
 _SAFETENSORS_SUFFIXES = (".safetensors",)
 
 
-class CheckpointReadError(ValueError):
+class CheckpointReadError(CheckpointError):
     """A checkpoint file is missing, truncated, corrupt or of an unknown format."""
+
+
+TORCH_MISSING = (
+    "reading a PyTorch file (.pth/.pt/.ckpt) needs torch, which is not installed: "
+    "pip install 'jaxecg[convert]' (or convert it to .safetensors/.npz where torch is)"
+)
 
 
 # ------------------------------------------------------------------ inert placeholders
@@ -260,10 +270,12 @@ class InertUnpickler(pickle.Unpickler):
 
 
 def to_numpy(value: Any) -> Any:
-    """torch tensors (anywhere in nested dicts/lists) → numpy arrays; other leaves unchanged."""
-    import torch
+    """torch tensors (anywhere in nested dicts/lists) → numpy arrays; other leaves unchanged.
 
-    if isinstance(value, torch.Tensor):
+    Without torch imported there can be no tensors, so numpy state dicts need no torch.
+    """
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(value, torch.Tensor):
         tensor = value.detach().cpu()
         if tensor.dtype == torch.bfloat16:
             # numpy has no bfloat16: reinterpret the bits as ml_dtypes.bfloat16.
@@ -296,15 +308,41 @@ def _read_torch_inert(data: bytes) -> Any:
 
 
 def _read_torch(data: bytes) -> Any:
-    import torch
+    try:
+        import torch
+    except ImportError:
+        raise CheckpointReadError(TORCH_MISSING) from None
 
     try:
         return to_numpy(torch.load(io.BytesIO(data), map_location="cpu", weights_only=True))
-    except pickle.UnpicklingError:
+    except pickle.UnpicklingError as err:
         # weights_only refused a non-tensor global: read it inertly instead.
         if not data.startswith(_ZIP_MAGIC):
-            raise
+            # Not a zip archive: a legacy pickle holding more than tensors, or garbage.
+            raise CheckpointReadError(
+                "not a readable torch.save file: neither a zip archive nor a legacy pickle "
+                f"of tensors (truncated or corrupt?): {_torch_reason(err)}"
+            ) from err
         return _read_torch_inert(data)
+
+
+_WEIGHTS_ONLY_DETAIL = re.compile(
+    r"WeightsUnpickler error:\s*(.*?)\s*(?:Check the documentation|$)", re.DOTALL
+)
+
+
+def _torch_reason(err: BaseException) -> str:
+    """torch's message without its advice to load with ``weights_only=False``.
+
+    That advice means "run the code in this file"; for a corrupt or untrusted file it is
+    the one thing never to do, so only the unpickler's own finding is kept.
+    """
+    text = str(err)
+    if "weights_only" not in text:
+        return text
+    found = _WEIGHTS_ONLY_DETAIL.search(text)
+    detail = found.group(1).strip() if found else ""
+    return detail or "the pickle holds objects other than tensors and containers"
 
 
 # ------------------------------------------------------------------ entry point
@@ -366,5 +404,5 @@ def read_checkpoint(path: str | Path) -> Any:
     except Exception as err:  # every reader failure becomes one clear error naming the file
         raise CheckpointReadError(
             f"cannot read checkpoint {str(path)!r} as a {kind} file "
-            f"(truncated or corrupt?): {type(err).__name__}: {err}"
+            f"(truncated or corrupt?): {type(err).__name__}: {_torch_reason(err)}"
         ) from err

@@ -7,23 +7,30 @@ every shape mismatch at once, then the missing-key ratio against
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
+from collections.abc import Collection
 from typing import Any
+
+from jaxecg.errors import CheckpointError
 
 log = logging.getLogger("convert")
 
 
-class CheckpointMismatchError(ValueError, RuntimeError):
+class CheckpointMismatchError(CheckpointError, RuntimeError):
     """The checkpoint does not fit the model (shapes, too many or, under ``strict``, any missing).
 
-    A ``ValueError`` like every bad-input error here, and a ``RuntimeError`` like the
-    reference's own exception, so code written against either keeps working. ``report``
-    is the :class:`LoadReport` that failed validation.
+    A :class:`~jaxecg.errors.CheckpointError` (so a ``ValueError``) like every bad-input
+    error here, and a ``RuntimeError`` like the reference's own exception, so code written
+    against either keeps working. ``report`` is the :class:`LoadReport` that failed
+    validation; ``headline`` is the message without the key lists, for a caller that
+    prints the report itself (the lists would appear twice).
     """
 
-    def __init__(self, message: str, report: LoadReport) -> None:
-        super().__init__(message)
+    def __init__(self, headline: str, report: LoadReport, keys: str = "") -> None:
+        super().__init__(headline + keys)
+        self.headline = headline
         self.report = report
 
 
@@ -64,6 +71,15 @@ class LoadReport:
     def missing_ratio(self) -> float:
         return len(self.missing) / self.total if self.total else 1.0
 
+    @property
+    def shared_prefix(self) -> str | None:
+        """The prefix under which most missing keys sit among the unexpected ones, if any.
+
+        E.g. ``"model."`` for a Lightning file whose module was an attribute ``model``:
+        ``convert.load(..., strip_prefix="model.")`` then loads it.
+        """
+        return shared_prefix(self.missing, self.unexpected)
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe form (for the sidecar of ``convert.save``)."""
         out = dataclasses.asdict(self)
@@ -99,10 +115,38 @@ class LoadReport:
             lines.append(f"  unexpected: {', '.join(self.unexpected)}")
         if self.extra_loaded:
             lines.append(f"  also loaded: {', '.join(self.extra_loaded)}")
-        if self.initialised:
-            lines.append(f"  freshly initialised: {', '.join(self.initialised)}")
+        # Missing keys are initialised too; list only the others, so no key appears twice.
+        fresh = [k for k in self.initialised if k not in set(self.missing)]
+        if fresh:
+            lines.append(f"  also freshly initialised: {', '.join(fresh)}")
         lines.extend(f"  note: {note}" for note in self.notes)
+        if self.shared_prefix:
+            lines.append(f"  hint: {_prefix_hint(self)}")
         return "\n".join(lines)
+
+
+def shared_prefix(missing: Collection[str], unexpected: Collection[str]) -> str | None:
+    """The dotted prefix ``p`` with ``p + key`` unexpected for more than half the missing keys."""
+    wanted = set(missing)
+    counts: collections.Counter[str] = collections.Counter()
+    for key in unexpected:
+        parts = key.split(".")
+        for i in range(1, len(parts)):
+            if ".".join(parts[i:]) in wanted:
+                counts[".".join(parts[:i]) + "."] += 1
+    if not counts:
+        return None
+    prefix, count = counts.most_common(1)[0]
+    return prefix if 2 * count > len(wanted) else None
+
+
+def _prefix_hint(report: LoadReport) -> str:
+    prefix = report.shared_prefix
+    return (
+        f"the file holds the missing keys under the prefix {prefix!r} (e.g. "
+        f"{prefix + report.missing[0]!r}): load with strip_prefix={prefix!r} "
+        f"(python -m convert ... --strip-prefix {prefix})"
+    )
 
 
 def _format_mismatches(mismatched: tuple[tuple[str, Shape, Shape], ...]) -> str:
@@ -124,24 +168,28 @@ def validate(
     if report.mismatched:
         raise CheckpointMismatchError(
             f"Shape mismatch for {len(report.mismatched)} key(s) loading {report.source!r} as "
-            f"{report.kind}: {_format_mismatches(report.mismatched)}",
+            f"{report.kind}",
             report,
+            f": {_format_mismatches(report.mismatched)}",
         )
     if report.total == 0:
         raise CheckpointMismatchError(f"no target keys to load for {report.kind}", report)
     n_missing, total = len(report.missing), report.total
+    hint = f"; hint: {_prefix_hint(report)}" if report.shared_prefix else ""
     if report.missing_ratio > missing_key_threshold:
         raise CheckpointMismatchError(
             f"Too many missing keys: {n_missing}/{total} ({100 * n_missing / total:.1f}% > "
             f"{100 * missing_key_threshold:.1f}%) threshold. Loading {report.source!r} as "
-            f"{report.kind}; missing: {', '.join(report.missing)}",
+            f"{report.kind}{hint}",
             report,
+            f"; missing: {', '.join(report.missing)}",
         )
     if strict and report.missing:
         raise CheckpointMismatchError(
             f"Strict loading: {n_missing}/{total} missing key(s) loading {report.source!r} as "
-            f"{report.kind}: {', '.join(report.missing)}",
+            f"{report.kind}{hint}",
             report,
+            f": {', '.join(report.missing)}",
         )
     if report.unexpected:
         log.warning(

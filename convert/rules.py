@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from convert.report import LoadReport
+from jaxecg.errors import CheckpointError
 
 Shape = tuple[int, ...]
 
@@ -41,7 +42,7 @@ def unwrap(checkpoint: Any) -> Mapping[str, Any]:
         if inner is None:
             return checkpoint
         checkpoint = inner
-    raise ValueError(
+    raise CheckpointError(
         f"expected a checkpoint mapping of names to tensors, got {type(checkpoint).__name__}"
     )
 

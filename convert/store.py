@@ -6,15 +6,14 @@ Layout of a saved directory::
     DIR/convert.json   {"format", "kind", "config", "source", "source_sha256", "report"}
 
 The directory appears only complete: everything is written into a hidden sibling
-temporary directory that is renamed to ``DIR`` at the end, and removed on failure.
+temporary directory (:class:`jaxecg.staging.StagedDirectory`) that is renamed to ``DIR``
+at the end and removed on failure; one left by a killed process is removed by the next
+save to the same ``DIR``.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -24,10 +23,18 @@ import orbax.checkpoint as ocp
 from convert.report import LoadReport
 from convert.targets import binding
 from jaxecg.config import Config
+from jaxecg.errors import CheckpointError, UsageError
+from jaxecg.staging import StagedDirectory
 
 SIDECAR = "convert.json"
 VARIABLES = "variables"
 FORMAT_VERSION = 1
+
+
+class CheckpointWriteError(CheckpointError):
+    """Writing the output failed (disk full, permissions): a failed run, not bad input."""
+
+    exit_code = 1
 
 
 def save(
@@ -40,31 +47,32 @@ def save(
 ) -> Path:
     """Write ``variables`` of ``kind``/``config`` to a new ``directory``; returns its path.
 
-    Raises ``ValueError`` if ``directory`` already exists (nothing is overwritten).
+    Raises :class:`~jaxecg.errors.UsageError` if ``directory`` already exists (nothing is
+    overwritten) and :class:`CheckpointWriteError` if writing fails (nothing is left).
     """
     directory = Path(directory).absolute()
     config = binding(kind).config(config)
     if directory.exists():
-        raise ValueError(f"output directory {str(directory)!r} already exists; choose a new one")
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    partial = Path(tempfile.mkdtemp(prefix=f".{directory.name}.partial-", dir=directory.parent))
-    try:
-        # Synchronous: when save returns or raises, nothing is still writing into `partial`.
-        with ocp.Checkpointer(ocp.StandardCheckpointHandler()) as checkpointer:
-            checkpointer.save(partial / VARIABLES, args=ocp.args.StandardSave(dict(variables)))
-        sidecar = {
-            "format": FORMAT_VERSION,
-            "kind": kind,
-            "config": config.to_dict(),
-            "source": report.source if report else None,
-            "source_sha256": report.source_sha256 if report else None,
-            "report": report.to_dict() if report else None,
-        }
-        (partial / SIDECAR).write_text(json.dumps(sidecar, indent=2) + "\n")
-        os.rename(partial, directory)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
+        raise UsageError(f"output directory {str(directory)!r} already exists; choose a new one")
+    with StagedDirectory(directory) as stage:
+        try:
+            # Synchronous: when save returns or raises, nothing is still writing into it.
+            with ocp.Checkpointer(ocp.StandardCheckpointHandler()) as checkpointer:
+                checkpointer.save(
+                    stage.path / VARIABLES, args=ocp.args.StandardSave(dict(variables))
+                )
+            sidecar = {
+                "format": FORMAT_VERSION,
+                "kind": kind,
+                "config": config.to_dict(),
+                "source": report.source if report else None,
+                "source_sha256": report.source_sha256 if report else None,
+                "report": report.to_dict() if report else None,
+            }
+            (stage.path / SIDECAR).write_text(json.dumps(sidecar, indent=2) + "\n")
+        except OSError as err:
+            raise CheckpointWriteError(f"cannot write {str(directory)!r}: {err}") from err
+        stage.commit()
     return directory
 
 
@@ -72,12 +80,14 @@ def read_sidecar(directory: str | Path) -> dict[str, Any]:
     """The JSON sidecar of a directory written by :func:`save`."""
     path = Path(directory) / SIDECAR
     if not path.is_file():
-        raise ValueError(f"{str(directory)!r} is not a convert.save directory (no {SIDECAR})")
-    sidecar = json.loads(path.read_text())
-    if sidecar.get("format") != FORMAT_VERSION:
-        raise ValueError(
-            f"{str(path)!r}: sidecar format {sidecar.get('format')!r}, expected {FORMAT_VERSION}"
-        )
+        raise CheckpointError(f"{str(directory)!r} is not a convert.save directory (no {SIDECAR})")
+    try:
+        sidecar = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{str(path)!r} is not valid JSON ({err})") from None
+    if not isinstance(sidecar, dict) or sidecar.get("format") != FORMAT_VERSION:
+        found = sidecar.get("format") if isinstance(sidecar, dict) else None
+        raise CheckpointError(f"{str(path)!r}: sidecar format {found!r}, expected {FORMAT_VERSION}")
     return sidecar
 
 

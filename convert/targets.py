@@ -22,6 +22,7 @@ from flax import linen as nn
 from convert.layouts import Entry, build_entries
 from convert.names import Mount
 from jaxecg.config import Config
+from jaxecg.errors import ConfigError
 
 ROOT = (Mount((), ""),)
 VARIABLE_COLLECTIONS = ("params", "batch_stats")
@@ -113,7 +114,7 @@ class Binding:
         if isinstance(config, Mapping):
             return cls.from_dict(dict(config))
         if not isinstance(config, cls):
-            raise ValueError(  # noqa: TRY004 - the project reports all bad input as ValueError
+            raise ConfigError(
                 f"kind {self.kind!r} expects a {cls.__name__}, got {type(config).__name__}"
             )
         return config
@@ -194,5 +195,5 @@ KINDS = tuple(BINDINGS)
 
 def binding(kind: str) -> Binding:
     if kind not in BINDINGS:
-        raise ValueError(f"unknown model kind {kind!r}; expected one of {list(KINDS)}")
+        raise ConfigError(f"unknown model kind {kind!r}; expected one of {list(KINDS)}")
     return BINDINGS[kind]

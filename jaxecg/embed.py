@@ -36,6 +36,8 @@ from typing import Any
 
 import numpy as np
 
+from jaxecg.errors import UsageError, run_command
+
 FORMAT = "jaxecg.embeddings"
 VERSION = 1
 EMBEDDINGS = "embeddings.npy"
@@ -43,10 +45,6 @@ INDEX = "index.csv"
 SIGNATURE = "embed.json"
 CHUNKS = "chunks"
 BUILTIN = ("synthetic-ecg", "synthetic-cmr")
-
-
-class UsageError(ValueError):
-    """Bad command-line input: reported as one line, exit status 2."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -357,32 +355,32 @@ def _overrides(items: list[str]) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``jaxecg embed``; returns the exit status."""
     args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+    return run_command("embed", lambda: _embed(args))
+
+
+def _embed(args: argparse.Namespace) -> int:
     from jaxecg.encoders import load_encoder
 
-    try:
-        records = open_data(
-            args.data, num_records=args.num_records, seed=args.data_seed, splits=args.split
-        )
-        encoder = load_encoder(
-            args.source,
-            kind=args.kind,
-            preset=args.preset,
-            image_size=args.image_size,
-            seed=args.seed,
-            **_overrides(args.overrides),
-        )
-        complete = embed(
-            encoder,
-            records,
-            args.out,
-            batch_size=args.batch_size,
-            chunk_size=args.chunk_size,
-            max_chunks=args.max_chunks,
-            progress=not args.no_progress,
-        )
-    except (ValueError, OSError) as err:
-        print(f"jaxecg embed: error: {err}", file=sys.stderr)
-        return 2
+    records = open_data(
+        args.data, num_records=args.num_records, seed=args.data_seed, splits=args.split
+    )
+    encoder = load_encoder(
+        args.source,
+        kind=args.kind,
+        preset=args.preset,
+        image_size=args.image_size,
+        seed=args.seed,
+        **_overrides(args.overrides),
+    )
+    complete = embed(
+        encoder,
+        records,
+        args.out,
+        batch_size=args.batch_size,
+        chunk_size=args.chunk_size,
+        max_chunks=args.max_chunks,
+        progress=not args.no_progress,
+    )
     if not complete:
         print(
             f"jaxecg embed: stopped after {args.max_chunks} new chunk(s) (--max-chunks); "

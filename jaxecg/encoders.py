@@ -28,6 +28,7 @@ from jaxecg.config import Config
 from jaxecg.data.augment_cmr import resize
 from jaxecg.data.augment_ecg import crop
 from jaxecg.data.preprocess import preprocess_ecg
+from jaxecg.errors import CheckpointError, DataError, UsageError
 from jaxecg.models.pos_embed import sincos_pos_embed_f32
 from jaxecg.models.resnet import CMREncoder, ResNetConfig
 from jaxecg.models.vit import ECGEncoder, ViTConfig
@@ -106,7 +107,7 @@ class Encoder:
         if self.kind == "ecg":
             out = self.module.apply(params, x, localized=localized)
         elif localized:
-            raise ValueError(
+            raise UsageError(
                 "localized=True needs an ECG encoder; the CMR ResNet pools its features"
             )
         else:
@@ -125,16 +126,16 @@ class Encoder:
         if self.kind == "ecg":
             raw = np.asarray(raw)
             if raw.ndim not in (2, 3):
-                raise ValueError(f"expected a raw ECG (12, T) or batch (B, 12, T), got {raw.shape}")
+                raise DataError(f"expected a raw ECG (12, T) or batch (B, 12, T), got {raw.shape}")
             batch = raw if raw.ndim == 3 else raw[None]
             full = np.stack([preprocess_ecg(record) for record in batch])
             out = jnp.asarray(crop(None, full, self.config.img_size[2], train=False))
             return out if raw.ndim == 3 else out[0]
         images = jnp.asarray(raw)
         if images.ndim not in (3, 4):
-            raise ValueError(f"expected images (H, W, C) or (B, H, W, C), got shape {images.shape}")
+            raise DataError(f"expected images (H, W, C) or (B, H, W, C), got shape {images.shape}")
         if not jnp.issubdtype(images.dtype, jnp.floating):
-            raise ValueError(
+            raise DataError(
                 f"expected float images in [0, 1], got dtype {images.dtype}; "
                 "convert first (e.g. uint8 / 255)"
             )
@@ -182,10 +183,10 @@ def load_model(
     if path.is_dir():
         if preset is not None or overrides:
             given = ["preset"] * (preset is not None) + sorted(overrides)
-            raise ValueError(f"{str(source)!r} records its own model config; do not pass {given}")
+            raise UsageError(f"{str(source)!r} records its own model config; do not pass {given}")
         loaded = _read_directory(path)
         if kind is not None and kind not in (loaded.kind, _MODEL_KINDS.get(loaded.kind)):
-            raise ValueError(f"{str(source)!r} holds a {loaded.kind!r} model, not kind={kind!r}")
+            raise UsageError(f"{str(source)!r} holds a {loaded.kind!r} model, not kind={kind!r}")
         return loaded
     model_kind = _model_kind(kind, source)
     from convert.targets import binding
@@ -198,9 +199,9 @@ def load_model(
         variables, _ = convert.load(path, model_kind, config)
         return LoadedModel(variables, model_kind, config)
     if preset is not None:
-        raise ValueError(f"no file or directory {str(source)!r} (with preset={preset!r})")
+        raise UsageError(f"no file or directory {str(source)!r} (with preset={preset!r})")
     if str(source) not in target.config_cls.PRESETS:
-        raise ValueError(
+        raise UsageError(
             f"{str(source)!r} is neither a file, a directory nor a {model_kind} preset "
             f"(presets: {sorted(target.config_cls.PRESETS)})"
         )
@@ -210,13 +211,13 @@ def load_model(
 
 def _model_kind(kind: str | None, source: str | Path) -> str:
     if kind is None:
-        raise ValueError(
+        raise UsageError(
             f"{str(source)!r}: pass kind= ('ecg', 'cmr' or one of {sorted(_MODEL_KINDS)}) "
             "for a checkpoint file or a preset"
         )
     model_kind = _DEFAULT_MODEL_KIND.get(kind, kind)
     if model_kind not in _MODEL_KINDS:
-        raise ValueError(
+        raise UsageError(
             f"kind={kind!r} has no encoder; expected 'ecg', 'cmr' or one of {sorted(_MODEL_KINDS)}"
         )
     return model_kind
@@ -251,7 +252,7 @@ def _training_step_dir(path: Path) -> Path:
         (int(p.name), p) for p in root.iterdir() if p.name.isdigit() and (p / "state").is_dir()
     )
     if not steps:
-        raise ValueError(
+        raise CheckpointError(
             f"{str(path)!r} is neither a convert.save directory nor a training run "
             "(no checkpoints/<step>/state)"
         )
@@ -302,7 +303,7 @@ def _read_training_checkpoint(step_dir: Path) -> LoadedModel:
 def as_encoder(model: LoadedModel, image_size: int | None = None) -> Encoder:
     """Cut a whole model down to its encoder (see the module docstring)."""
     if model.kind not in _MODEL_KINDS:
-        raise ValueError(
+        raise UsageError(
             f"a {model.kind!r} model has no encoder; expected one of {sorted(_MODEL_KINDS)}"
         )
     params = model.variables["params"]
@@ -362,7 +363,7 @@ def _check_tree(encoder: Encoder, source_kind: str) -> None:
     }
     if expected != got:
         diff = sorted(set(expected.items()) ^ set(got.items()))[:8]
-        raise ValueError(
+        raise CheckpointError(
             f"the encoder cut from a {source_kind!r} model does not fit "
             f"{type(encoder.module).__name__}({encoder.config}); differing leaves: {diff}"
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +22,7 @@ from convert.cli import main
 from convert.reading import read_checkpoint
 from convert.report import CheckpointMismatchError
 from convert.rules import tensors_of, unwrap
+from jaxecg.errors import CheckpointError
 
 SIGNAL_ENCODER = "dev/checkpoints/ecg_signal_encoder"
 DEV_VIT = {"img_size": (1, 12, 500), "embed_dim": 64, "depth": 2, "num_heads": 4}
@@ -147,12 +149,12 @@ def test_cli_writes_the_directory_and_prints_the_report(tmp_path: Path, capsys) 
     assert "matched 30/30 (100.0% coverage)" in printed and f"saved ecg_encoder to {out}" in printed
     variables, kind, _ = convert.restore(out)
     assert kind == "ecg_encoder" and variables["params"]["pos_embed"].shape == (1, 61, 64)
-    assert main(args) == 1  # the directory exists now: refused, untouched
+    assert main(args) == 2  # the directory exists now: refused, untouched
     assert "already exists" in capsys.readouterr().err
 
 
 def test_failed_cli_runs_leave_no_output_directory(tmp_path: Path, capsys, monkeypatch) -> None:
-    assert main(_cli_args(tmp_path, embed_dim=128)) == 1
+    assert main(_cli_args(tmp_path, embed_dim=128)) == 2
     err = capsys.readouterr().err
     assert "error: Shape mismatch for 30 key(s)" in err
     assert "cls_token: checkpoint (1, 1, 64) vs model (1, 1, 128)" in err
@@ -164,7 +166,7 @@ def test_failed_cli_runs_leave_no_output_directory(tmp_path: Path, capsys, monke
 
     # A failure after Orbax wrote the variables: the partial directory is removed too.
     monkeypatch.setattr(store, "json", FullDisk)
-    assert main(_cli_args(tmp_path)) == 1
+    assert main(_cli_args(tmp_path)) == 1  # a failed write, not bad input
     assert "No space left on device" in capsys.readouterr().err
     assert sorted(os.listdir(tmp_path)) == ["vit128.yaml", "vit64.yaml"]
 
@@ -188,6 +190,52 @@ def test_python_dash_m_convert_fails_cleanly(tmp_path: Path) -> None:
         text=True,
         timeout=300,
     )
-    assert result.returncode == 1
-    assert result.stderr.strip().splitlines()[-1].startswith("error: cannot read checkpoint")
+    assert result.returncode == 2
+    missing = repr(str(tmp_path / "missing.pth"))
+    assert result.stderr.strip().splitlines() == [
+        f"jaxecg convert: error: cannot read checkpoint {missing}: "
+        + f"[Errno 2] No such file or directory: {missing}"
+    ]
     assert not out.exists()
+
+
+def test_a_prefixed_lightning_file_gets_a_hint_and_loads_with_strip_prefix(
+    tmp_path: Path, capsys
+) -> None:
+    state = _signal_encoder_state()
+    path = tmp_path / "lit.ckpt"
+    torch.save({"state_dict": {f"model.{k}": torch.from_numpy(v) for k, v in state.items()}}, path)
+    args = _cli_args(tmp_path)
+    args[0] = str(path)
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert lines[-1].startswith("jaxecg convert: error: Too many missing keys: 30/30 (100.0%")
+    assert "hint: the file holds the missing keys under the prefix 'model.'" in lines[-1]
+    assert "--strip-prefix model." in lines[-1]
+    assert err.count("blocks.0.attn.qkv.weight") == 2  # once missing, once unexpected (prefixed)
+    assert not (tmp_path / "converted").exists()
+    assert main([*args, "--strip-prefix", "model."]) == 0
+    assert "matched 30/30 (100.0% coverage)" in capsys.readouterr().out
+    with pytest.raises(CheckpointError, match="strip_prefix='net.': no key of the checkpoint"):
+        convert.load(path, "ecg_encoder", TOKEN_VIT, strip_prefix="net.")
+
+
+def test_a_killed_convert_leaves_no_debris_after_the_next_run(tmp_path: Path, capsys) -> None:
+    """kill -9 cannot clean up: the next save to the same --out removes what it left."""
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    stale = tmp_path / f".converted.partial-{socket.gethostname()}-{dead.stdout.strip()}-x1y2z3w4"
+    (stale / store.VARIABLES).mkdir(parents=True)
+    (stale / store.VARIABLES / "d").write_bytes(b"\0" * 4096)
+    live = tmp_path / f".converted.partial-{socket.gethostname()}-{os.getpid()}-a1b2c3d4"
+    live.mkdir()  # a save still running in this process: left alone
+    assert main(_cli_args(tmp_path)) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["converted", live.name, "vit64.yaml"]
+    )
+    convert.restore(tmp_path / "converted")

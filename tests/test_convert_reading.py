@@ -6,6 +6,7 @@ import collections
 import io
 import lzma
 import pickle
+import sys
 import zipfile
 from pathlib import Path
 
@@ -232,3 +233,25 @@ def test_in_memory_torch_state_dicts_are_accepted() -> None:
     np.testing.assert_array_equal(
         variables["params"]["cls_token"], checkpoint["model"]["cls_token"].numpy()
     )
+
+
+def test_random_bytes_never_get_the_advice_to_run_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "random.pth"
+    path.write_bytes(np.random.default_rng(0).bytes(4096))
+    with pytest.raises(CheckpointReadError) as err:
+        read_checkpoint(path)
+    message = str(err.value)
+    assert "random.pth" in message and "(truncated or corrupt?)" in message
+    assert "weights_only" not in message and "arbitrary code" not in message
+
+
+def test_reading_a_torch_file_without_torch_says_which_extra_to_install(
+    tmp_path: Path, monkeypatch
+) -> None:
+    path = tmp_path / "w.pth"
+    torch.save({"w": torch.ones(2)}, path)
+    monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` now fails as if absent
+    with pytest.raises(CheckpointReadError) as err:
+        read_checkpoint(path)
+    assert "needs torch, which is not installed: pip install 'jaxecg[convert]'" in str(err.value)
+    assert "ModuleNotFoundError" not in str(err.value)
