@@ -1,8 +1,8 @@
 """Each experiment config trains end to end on synthetic data (tiny overrides), and the
 loop's guards: kill-and-resume equivalence, non-finite loss, batch/device mismatch.
 
-The MAE runs share one set of overrides, so with the module's compilation cache they
-compile the MAE step once.
+The MAE runs share one set of overrides, so with the session's compilation cache
+(conftest) they compile the MAE step once.
 """
 
 import json
@@ -10,9 +10,8 @@ import math
 
 import numpy as np
 import pytest
-from train_helpers import (  # noqa: F401
+from train_helpers import (
     STEPS,
-    persistent_compilation_cache,
     quiet_args,
     records,
     run,

@@ -11,10 +11,9 @@ import jax
 import numpy as np
 import pytest
 from jax.sharding import AxisType, Mesh
-from train_helpers import (  # noqa: F401
+from train_helpers import (
     CONFIGS,
     TINY,
-    persistent_compilation_cache,
     quiet_args,
     records,
 )

@@ -4,7 +4,7 @@ the first forward of the set-up run's encoder reproduces the golden features."""
 import golden
 import jax
 import numpy as np
-from train_helpers import CONFIGS, TINY, persistent_compilation_cache, quiet_args  # noqa: F401
+from train_helpers import CONFIGS, TINY, quiet_args
 
 from jaxecg.models import CMREncoder, nchw_to_nhwc
 from jaxecg.models.vit import ECGEncoder

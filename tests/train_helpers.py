@@ -9,10 +9,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import jax
-import pytest
-from jax.experimental.compilation_cache import compilation_cache
-
 from jaxecg.train.cli import main
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -86,15 +82,3 @@ def run(config: str, workdir: Path, *overrides: str, resume: bool = False) -> in
 def records(workdir: Path, name: str = "metrics.jsonl") -> list[dict]:
     """The JSON lines of a run's metrics file."""
     return [json.loads(line) for line in (Path(workdir) / name).read_text().splitlines()]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def persistent_compilation_cache(tmp_path_factory):
-    """Share compiled programs between the training tests of this session (a resumed run
-    compiles exactly the program its first half did), then switch the cache off again so
-    other test modules run as configured."""
-    compilation_cache.set_cache_dir(str(tmp_path_factory.getbasetemp() / "jax_cache"))
-    compilation_cache.reset_cache()
-    yield
-    jax.config.update("jax_compilation_cache_dir", None)
-    compilation_cache.reset_cache()
