@@ -177,6 +177,68 @@ def _label_text(label: Any) -> str:
     return str(label.item()) if label.ndim == 0 else " ".join(f"{v:g}" for v in label.ravel())
 
 
+class BatchedFeatures:
+    """The encoder's features of a run of records, in global batches sharded over every device.
+
+    ``batch_size``: global batch, a positive multiple of the device count (default 8 per
+    device). ECG records are cut to the encoder's input length by the evaluation crop,
+    CMR frames go through :meth:`Encoder.preprocess` inside the compiled function. The
+    last batch is padded with copies of its last record and their rows dropped, so every
+    record counts and one program serves every batch.
+    """
+
+    def __init__(self, encoder: Any, records: Records, *, batch_size: int | None = None):
+        import jax
+
+        from jaxecg.devices import batch_sharding, make_mesh, replicated
+
+        if encoder.kind != records.modality:
+            raise UsageError(
+                f"a {encoder.kind.upper()} encoder cannot embed {records.modality.upper()} records"
+            )
+        mesh = make_mesh()
+        devices = mesh.devices.size
+        batch_size = 8 * devices if batch_size is None else batch_size
+        if batch_size <= 0 or batch_size % devices:
+            raise UsageError(
+                f"--batch-size {batch_size} must be a positive multiple of the {devices} devices"
+            )
+        self.encoder, self.records, self.batch_size = encoder, records, batch_size
+        self._params = jax.device_put(encoder.params, replicated(mesh))
+        self._sharding = batch_sharding(mesh)
+        self._compiled = jax.jit(self._features, out_shardings=self._sharding)
+        self._time_steps = encoder.config.img_size[2] if encoder.kind == "ecg" else None
+
+    def _features(self, params: Any, x: Any) -> Any:
+        if self.encoder.kind == "cmr":
+            x = self.encoder.preprocess(x)
+        return self.encoder.apply(params, x)
+
+    def __call__(
+        self, start: int, stop: int, *, on_batch: Callable[[int], Any] | None = None
+    ) -> np.ndarray:
+        """``(stop - start, D)`` float32 features of records ``start..stop-1``; ``on_batch``
+        is called with the number of records of each finished batch (a progress bar)."""
+        import jax
+
+        from jaxecg.data.augment_ecg import crop
+
+        rows = []
+        for lo in range(start, stop, self.batch_size):
+            hi = min(lo + self.batch_size, stop)
+            batch = np.stack([self.records.load(i)[0] for i in range(lo, hi)])
+            if self._time_steps is not None:
+                batch = np.asarray(crop(None, batch, self._time_steps, train=False))
+            padding = np.repeat(batch[-1:], self.batch_size - len(batch), 0)
+            padded = jax.device_put(np.concatenate([batch, padding]), self._sharding)
+            rows.append(np.asarray(self._compiled(self._params, padded))[: hi - lo])
+            if on_batch is not None:
+                on_batch(hi - lo)
+        if not rows:
+            return np.zeros((0, self.encoder.feature_dim), np.float32)
+        return np.concatenate(rows).astype(np.float32)
+
+
 def embed(
     encoder: Any,
     records: Records,
@@ -193,23 +255,10 @@ def embed(
     ``max_chunks``: stop after computing this many new chunks (an interruption on
     purpose). Returns whether the output is complete.
     """
-    import jax
     import tqdm
 
-    from jaxecg.data.augment_ecg import crop
-    from jaxecg.devices import batch_sharding, make_mesh, replicated
-
-    if encoder.kind != records.modality:
-        raise UsageError(
-            f"a {encoder.kind.upper()} encoder cannot embed {records.modality.upper()} records"
-        )
-    mesh = make_mesh()
-    devices = mesh.devices.size
-    batch_size = 8 * devices if batch_size is None else batch_size
-    if batch_size <= 0 or batch_size % devices:
-        raise UsageError(
-            f"--batch-size {batch_size} must be a positive multiple of the {devices} devices"
-        )
+    features = BatchedFeatures(encoder, records, batch_size=batch_size)
+    batch_size = features.batch_size
     if chunk_size <= 0:
         raise UsageError(f"--chunk-size must be positive, got {chunk_size}")
     out = Path(out)
@@ -230,16 +279,6 @@ def embed(
     num_chunks = -(-len(records) // chunk_size)
     todo = [c for c in range(num_chunks) if not _chunk_path(out, c).is_file()]
     remaining = sum(min(chunk_size, len(records) - c * chunk_size) for c in todo)
-    params = jax.device_put(encoder.params, replicated(mesh))
-    sharding = batch_sharding(mesh)
-
-    def features(params: Any, x: jax.Array) -> jax.Array:
-        if encoder.kind == "cmr":
-            x = encoder.preprocess(x)
-        return encoder.apply(params, x)
-
-    compiled = jax.jit(features, out_shardings=sharding)
-    time_steps = encoder.config.img_size[2] if encoder.kind == "ecg" else None
     bar = tqdm.tqdm(
         total=len(records),
         initial=len(records) - remaining,
@@ -254,19 +293,7 @@ def embed(
             if max_chunks is not None and computed >= max_chunks:
                 return False
             start, stop = chunk * chunk_size, min((chunk + 1) * chunk_size, len(records))
-            rows = []
-            for lo in range(start, stop, batch_size):
-                hi = min(lo + batch_size, stop)
-                batch = np.stack([records.load(i)[0] for i in range(lo, hi)])
-                if time_steps is not None:
-                    batch = np.asarray(crop(None, batch, time_steps, train=False))
-                # The last batch is padded with copies of its last record; their rows are dropped.
-                padded = np.concatenate([batch, np.repeat(batch[-1:], batch_size - len(batch), 0)])
-                rows.append(
-                    np.asarray(compiled(params, jax.device_put(padded, sharding)))[: hi - lo]
-                )
-                bar.update(hi - lo)
-            chunk_rows = np.concatenate(rows).astype(np.float32)
+            chunk_rows = features(start, stop, on_batch=bar.update)
             _write_atomic(_chunk_path(out, chunk), functools.partial(_save_npy, chunk_rows))
     finally:
         bar.close()
@@ -296,9 +323,28 @@ def _parser() -> argparse.ArgumentParser:
         prog="jaxecg embed",
         description="Write the encoder features of every record of a dataset (resumable).",
     )
+    add_encoder_arguments(parser, "SOURCE")
+    parser.add_argument("--out", required=True, type=Path, metavar="DIR", help="output directory")
+    parser.add_argument("--num-records", type=int, default=256, help="size of a built-in dataset")
+    parser.add_argument("--data-seed", type=int, default=0, help="seed of a built-in dataset")
+    parser.add_argument("--split", action="append", help="dataset split(s) to embed (default: all)")
+    parser.add_argument("--batch-size", type=int, help="global batch (default: 8 per device)")
+    parser.add_argument("--chunk-size", type=int, default=1024, help="records per resumable chunk")
+    parser.add_argument(
+        "--max-chunks",
+        type=int,
+        help="stop after this many new chunks (resume later with the same arguments)",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def add_encoder_arguments(parser: argparse.ArgumentParser, metavar: str) -> None:
+    """The encoder source and DATA positionals and the options :func:`encoder_from_args` reads
+    (shared by ``jaxecg embed`` and ``jaxecg probe``)."""
     parser.add_argument(
         "source",
-        metavar="SOURCE",
+        metavar=metavar,
         help="PyTorch checkpoint, Orbax directory (convert.save or a training "
         "run), or a preset name for random weights",
     )
@@ -307,7 +353,6 @@ def _parser() -> argparse.ArgumentParser:
         metavar="DATA",
         help=f"built-in dataset {' or '.join(BUILTIN)}, or a 'jaxecg preprocess' directory",
     )
-    parser.add_argument("--out", required=True, type=Path, metavar="DIR", help="output directory")
     parser.add_argument(
         "--kind",
         help="ecg, cmr or a model kind (mae, ecg_classifier, simclr, ...); "
@@ -326,18 +371,20 @@ def _parser() -> argparse.ArgumentParser:
         "--image-size", type=int, help="CMR input size (default: the run's, else 210)"
     )
     parser.add_argument("--seed", type=int, default=0, help="initialisation seed for a preset")
-    parser.add_argument("--num-records", type=int, default=256, help="size of a built-in dataset")
-    parser.add_argument("--data-seed", type=int, default=0, help="seed of a built-in dataset")
-    parser.add_argument("--split", action="append", help="dataset split(s) to embed (default: all)")
-    parser.add_argument("--batch-size", type=int, help="global batch (default: 8 per device)")
-    parser.add_argument("--chunk-size", type=int, default=1024, help="records per resumable chunk")
-    parser.add_argument(
-        "--max-chunks",
-        type=int,
-        help="stop after this many new chunks (resume later with the same arguments)",
+
+
+def encoder_from_args(args: argparse.Namespace) -> Any:
+    """The :class:`~jaxecg.encoders.Encoder` that :func:`add_encoder_arguments`' options name."""
+    from jaxecg.encoders import load_encoder
+
+    return load_encoder(
+        args.source,
+        kind=args.kind,
+        preset=args.preset,
+        image_size=args.image_size,
+        seed=args.seed,
+        **_overrides(args.overrides),
     )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    return parser
 
 
 def _overrides(items: list[str]) -> dict[str, Any]:
@@ -359,21 +406,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _embed(args: argparse.Namespace) -> int:
-    from jaxecg.encoders import load_encoder
-
     records = open_data(
         args.data, num_records=args.num_records, seed=args.data_seed, splits=args.split
     )
-    encoder = load_encoder(
-        args.source,
-        kind=args.kind,
-        preset=args.preset,
-        image_size=args.image_size,
-        seed=args.seed,
-        **_overrides(args.overrides),
-    )
     complete = embed(
-        encoder,
+        encoder_from_args(args),
         records,
         args.out,
         batch_size=args.batch_size,
