@@ -13,6 +13,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("jaxecg.train.cli", "pretrain or fine-tune from a YAML config"),
     "embed": ("jaxecg.embed", "write embeddings of a dataset with a pretrained encoder"),
     "preprocess": ("jaxecg.data.cli", "turn a folder of ECG records into a dataset"),
+    "probe": ("jaxecg.probe", "linear probe of a frozen encoder: test metrics of a regression"),
 }
 
 

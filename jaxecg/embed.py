@@ -30,7 +30,7 @@ import json
 import os
 import shutil
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -133,6 +133,16 @@ def _fingerprint(params: Any) -> str:
     return digest.hexdigest()
 
 
+def describe_encoder(encoder: Any) -> dict[str, Any]:
+    """JSON-safe identity of an encoder: kind, config, input size and a hash of its weights."""
+    return {
+        "kind": encoder.kind,
+        "config": encoder.config.to_dict(),
+        "image_size": encoder.image_size,
+        "params_sha256": _fingerprint(encoder.params),
+    }
+
+
 def signature(
     encoder: Any, records: Records, *, batch_size: int, chunk_size: int
 ) -> dict[str, Any]:
@@ -140,12 +150,7 @@ def signature(
     return {
         "format": FORMAT,
         "version": VERSION,
-        "encoder": {
-            "kind": encoder.kind,
-            "config": encoder.config.to_dict(),
-            "image_size": encoder.image_size,
-            "params_sha256": _fingerprint(encoder.params),
-        },
+        "encoder": describe_encoder(encoder),
         "data": records.description,
         "num_records": len(records),
         "feature_dim": encoder.feature_dim,
@@ -154,7 +159,7 @@ def signature(
     }
 
 
-def _write_atomic(path: Path, write: Callable[[io.BufferedWriter], None]) -> None:
+def write_atomic(path: Path, write: Callable[[io.BufferedWriter], None]) -> None:
     """Write through a temporary sibling renamed into place: ``path`` is whole or absent."""
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "wb") as f:
@@ -178,24 +183,20 @@ def _label_text(label: Any) -> str:
 
 
 class BatchedFeatures:
-    """The encoder's features of a run of records, in global batches sharded over every device.
+    """The encoder's features of runs of records, in global batches sharded over every device.
 
     ``batch_size``: global batch, a positive multiple of the device count (default 8 per
     device). ECG records are cut to the encoder's input length by the evaluation crop,
     CMR frames go through :meth:`Encoder.preprocess` inside the compiled function. The
     last batch is padded with copies of its last record and their rows dropped, so every
-    record counts and one program serves every batch.
+    record counts and one compiled program serves every batch of every dataset.
     """
 
-    def __init__(self, encoder: Any, records: Records, *, batch_size: int | None = None):
+    def __init__(self, encoder: Any, *, batch_size: int | None = None):
         import jax
 
         from jaxecg.devices import batch_sharding, make_mesh, replicated
 
-        if encoder.kind != records.modality:
-            raise UsageError(
-                f"a {encoder.kind.upper()} encoder cannot embed {records.modality.upper()} records"
-            )
         mesh = make_mesh()
         devices = mesh.devices.size
         batch_size = 8 * devices if batch_size is None else batch_size
@@ -203,7 +204,7 @@ class BatchedFeatures:
             raise UsageError(
                 f"--batch-size {batch_size} must be a positive multiple of the {devices} devices"
             )
-        self.encoder, self.records, self.batch_size = encoder, records, batch_size
+        self.encoder, self.batch_size = encoder, batch_size
         self._params = jax.device_put(encoder.params, replicated(mesh))
         self._sharding = batch_sharding(mesh)
         self._compiled = jax.jit(self._features, out_shardings=self._sharding)
@@ -214,29 +215,49 @@ class BatchedFeatures:
             x = self.encoder.preprocess(x)
         return self.encoder.apply(params, x)
 
-    def __call__(
-        self, start: int, stop: int, *, on_batch: Callable[[int], Any] | None = None
-    ) -> np.ndarray:
-        """``(stop - start, D)`` float32 features of records ``start..stop-1``; ``on_batch``
-        is called with the number of records of each finished batch (a progress bar)."""
+    def batches(
+        self, records: Records, start: int, stop: int
+    ) -> Iterator[tuple[np.ndarray, list[Any]]]:
+        """``((n, D) float32 features, n labels)`` of ``records[start:stop]``, batch by batch
+        (each record is loaded once)."""
         import jax
 
         from jaxecg.data.augment_ecg import crop
 
-        rows = []
+        if self.encoder.kind != records.modality:
+            raise UsageError(
+                f"a {self.encoder.kind.upper()} encoder cannot embed "
+                f"{records.modality.upper()} records"
+            )
         for lo in range(start, stop, self.batch_size):
             hi = min(lo + self.batch_size, stop)
-            batch = np.stack([self.records.load(i)[0] for i in range(lo, hi)])
+            loaded = [records.load(i) for i in range(lo, hi)]
+            batch = np.stack([array for array, *_ in loaded])
             if self._time_steps is not None:
                 batch = np.asarray(crop(None, batch, self._time_steps, train=False))
             padding = np.repeat(batch[-1:], self.batch_size - len(batch), 0)
             padded = jax.device_put(np.concatenate([batch, padding]), self._sharding)
-            rows.append(np.asarray(self._compiled(self._params, padded))[: hi - lo])
+            features = np.asarray(self._compiled(self._params, padded))[: hi - lo]
+            yield features.astype(np.float32), [label for _, label, *_ in loaded]
+
+    def __call__(
+        self,
+        records: Records,
+        start: int,
+        stop: int,
+        *,
+        on_batch: Callable[[int], Any] | None = None,
+    ) -> np.ndarray:
+        """``(stop - start, D)`` float32 features of ``records[start:stop]``; ``on_batch`` is
+        called with the number of records of each finished batch (a progress bar)."""
+        rows = []
+        for features, _ in self.batches(records, start, stop):
+            rows.append(features)
             if on_batch is not None:
-                on_batch(hi - lo)
+                on_batch(len(features))
         if not rows:
             return np.zeros((0, self.encoder.feature_dim), np.float32)
-        return np.concatenate(rows).astype(np.float32)
+        return np.concatenate(rows)
 
 
 def embed(
@@ -257,7 +278,11 @@ def embed(
     """
     import tqdm
 
-    features = BatchedFeatures(encoder, records, batch_size=batch_size)
+    if encoder.kind != records.modality:
+        raise UsageError(
+            f"a {encoder.kind.upper()} encoder cannot embed {records.modality.upper()} records"
+        )
+    features = BatchedFeatures(encoder, batch_size=batch_size)
     batch_size = features.batch_size
     if chunk_size <= 0:
         raise UsageError(f"--chunk-size must be positive, got {chunk_size}")
@@ -274,7 +299,7 @@ def embed(
     elif out.exists() and any(out.iterdir()):
         raise UsageError(f"--out {out} exists, is not empty and holds no {SIGNATURE}")
     (out / CHUNKS).mkdir(parents=True, exist_ok=True)
-    _write_atomic(out / SIGNATURE, lambda f: f.write((json.dumps(sig, indent=2) + "\n").encode()))
+    write_atomic(out / SIGNATURE, lambda f: f.write((json.dumps(sig, indent=2) + "\n").encode()))
 
     num_chunks = -(-len(records) // chunk_size)
     todo = [c for c in range(num_chunks) if not _chunk_path(out, c).is_file()]
@@ -293,8 +318,8 @@ def embed(
             if max_chunks is not None and computed >= max_chunks:
                 return False
             start, stop = chunk * chunk_size, min((chunk + 1) * chunk_size, len(records))
-            chunk_rows = features(start, stop, on_batch=bar.update)
-            _write_atomic(_chunk_path(out, chunk), functools.partial(_save_npy, chunk_rows))
+            chunk_rows = features(records, start, stop, on_batch=bar.update)
+            write_atomic(_chunk_path(out, chunk), functools.partial(_save_npy, chunk_rows))
     finally:
         bar.close()
     _assemble(out, records, num_chunks)
@@ -310,8 +335,8 @@ def _assemble(out: Path, records: Records, num_chunks: int) -> None:
     for i in range(len(records)):
         _, label, split, record_id = records.load(i)
         writer.writerow([i, split, record_id, _label_text(label)])
-    _write_atomic(out / INDEX, lambda f: f.write(text.getvalue().encode()))
-    _write_atomic(out / EMBEDDINGS, functools.partial(_save_npy, embeddings))
+    write_atomic(out / INDEX, lambda f: f.write(text.getvalue().encode()))
+    write_atomic(out / EMBEDDINGS, functools.partial(_save_npy, embeddings))
     shutil.rmtree(out / CHUNKS)
 
 
