@@ -12,7 +12,7 @@ import csv
 import numpy as np
 import pytest
 import wfdb
-from train_helpers import CONFIGS, persistent_compilation_cache, records  # noqa: F401
+from train_helpers import CONFIGS, records
 
 from jaxecg.cli import main as jaxecg_main
 from jaxecg.data import (
