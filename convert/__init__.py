@@ -6,8 +6,8 @@ sidecar; ``export`` them back to a torch state dict with the reference's names.
 """
 
 from convert.export import export
-from convert.loading import load
+from convert.loading import check, load
 from convert.report import LoadReport
 from convert.store import restore, save
 
-__all__ = ["LoadReport", "export", "load", "restore", "save"]
+__all__ = ["LoadReport", "check", "export", "load", "restore", "save"]

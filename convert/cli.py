@@ -17,6 +17,7 @@ import yaml
 
 from convert.loading import load
 from convert.report import CheckpointMismatchError
+from convert.rules import MODES
 from convert.store import save
 from convert.targets import KINDS, binding
 from jaxecg.config import Config
@@ -48,6 +49,13 @@ def _parser() -> argparse.ArgumentParser:
         "--resize-pos-embed",
         action="store_true",
         help="resize a learned pos_embed of another time length (bicubic along time)",
+    )
+    parser.add_argument(
+        "--mode",
+        choices=MODES,
+        default="restore",
+        help="classifiers: 'restore' (default) reads a trained classifier and refuses a file "
+        "without its head and pooling; 'finetune' starts one from an encoder or MAE file",
     )
     parser.add_argument(
         "--strip-prefix",
@@ -91,6 +99,7 @@ def _convert(args: argparse.Namespace) -> int:
             missing_key_threshold=args.missing_key_threshold,
             resize_pos_embed=args.resize_pos_embed,
             strip_prefix=args.strip_prefix,
+            mode=args.mode,
         )
     except CheckpointMismatchError as err:
         # The report lists the keys once; the error line only says why it failed.

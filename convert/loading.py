@@ -13,9 +13,10 @@ on its own key sets the rules reproduce exactly, see ``tests/test_convert_rules.
 - Files torch >= 2.6 refuses under ``weights_only=True`` (Lightning/``argparse``
   objects) are read inertly instead of failing: we always decide like the
   reference under torch 2.4 (``weights_only=False``), without running any code.
-- Targets are our modules' leaves: no never-loaded timm ``head`` on the ECG
-  encoder, no ``num_batches_tracked`` (ignored in the file too), no loss buffers
-  (``criterion.*`` in a file are "unexpected").
+- Targets are our modules' leaves plus the reference's keys that our modules do not
+  hold but its loading counts (fixed tables, the constructor-time ``norm``, a trained
+  classifier's ``criterion.*`` buffers when restoring): no never-loaded timm ``head`` on
+  the ECG encoder and no ``num_batches_tracked`` (ignored in the file too).
 - Targets outside a rule's validated set are still filled when the file has them
   with the right shape (the MAE decoder; an ECG classifier's ``fc_norm`` and
   ``attention_pool``), listed as ``extra_loaded``; the reference would drop them.
@@ -32,15 +33,16 @@ import hashlib
 import logging
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from convert.layouts import Entry
 from convert.reading import read_checkpoint, to_numpy
 from convert.report import LoadReport, validate
-from convert.rules import RULES, Rule, tensors_of, unwrap
+from convert.rules import RULES, Mode, Rule, tensors_of, unwrap
 from convert.targets import binding
 from jaxecg.config import Config
 from jaxecg.errors import CheckpointError
@@ -101,7 +103,33 @@ def _check_table(key: str, array: np.ndarray, table: np.ndarray, source: str) ->
     return [f"{key}: differs from our fixed sin-cos table (max {diff:.3g}); ours is used"]
 
 
-def load(
+class _Plan(NamedTuple):
+    """A validated match of a checkpoint against a model: what :func:`load` converts."""
+
+    report: LoadReport
+    state: dict[str, np.ndarray]
+    sources: dict[str, str]
+    entries: list[Entry]
+    abstract: dict[str, Any]
+    tables: dict[str, np.ndarray]
+    config: Config
+
+
+def check(
+    source: str | Path | Mapping[str, Any],
+    kind: str,
+    config: Config | Mapping[str, Any] | None = None,
+    **options: Any,
+) -> LoadReport:
+    """The report :func:`load` would give (raising where it would), converting nothing.
+
+    Takes :func:`load`'s keyword options; e.g. ``check(path, "ecg_classifier", cfg,
+    mode="restore")`` tells whether ``path`` holds a trained classifier for ``cfg``.
+    """
+    return _plan(source, kind, config, **options).report
+
+
+def _plan(
     source: str | Path | Mapping[str, Any],
     kind: str,
     config: Config | Mapping[str, Any] | None = None,
@@ -110,26 +138,12 @@ def load(
     missing_key_threshold: float = 0.1,
     resize_pos_embed: bool = False,
     strip_prefix: str | None = None,
+    mode: Mode = "finetune",
+    criterion_buffers: Mapping[str, Any] | None = None,
     rule: Rule | None = None,
-) -> tuple[dict[str, Any], LoadReport]:
-    """Convert a checkpoint into ``{"params": ..., "batch_stats": ...}`` for ``Module(config)``.
-
-    ``source``: a ``.pth``/``.pt``/``.ckpt``/``.safetensors``/``.npz`` file (optionally
-    ``.xz``) or an in-memory (nested) state dict. ``kind``: one of
-    :data:`convert.targets.KINDS`. ``config``: the model config (or its dict; ``None`` →
-    the config class's defaults). ``resize_pos_embed``: accept a learned ``pos_embed`` of
-    another time length and resize it (bicubic along time, as the reference's
-    ``interpolate_pos_embed``). ``strip_prefix``: remove this prefix from the file's keys
-    first (e.g. ``"model."`` for a Lightning module holding the model as ``self.model``;
-    the failure report names it when most missing keys sit under one prefix).
-    ``rule``: replaces the kind's default :class:`Rule`.
-
-    Raises :class:`~convert.report.CheckpointMismatchError` (shape mismatches, too many
-    or — with ``strict`` — any missing keys) and
-    :class:`~convert.reading.CheckpointReadError` (unreadable file).
-    """
+) -> _Plan:
     target = binding(kind)
-    rule = rule if rule is not None else RULES[kind]
+    rule = rule if rule is not None else RULES[kind].for_mode(mode)
     config = target.config(config)
     state, source_name, digest = _state_dict(source)
     if strip_prefix:
@@ -137,12 +151,22 @@ def load(
 
     entries, abstract = target.entries(config)
     tables = target.fixed_tables(config)
+    buffers: dict[str, np.ndarray] = {}
+    if mode == "restore":
+        buffers = {**target.criterion(config)}
+        buffers.update({k: np.asarray(v) for k, v in (criterion_buffers or {}).items()})
+    # The reference's keys our module does not hold count as it counts them (those its
+    # rule validates; the others are "unexpected" in a file, as there), never loaded.
+    reference_only = {k: v.shape for k, v in {**tables, **buffers}.items()}
+    if mode == "finetune":
+        reference_only.update(target.constructor_only(config))
+    reference_only = {k: v for k, v in reference_only.items() if rule.validates(k)}
     targets = {e.torch_key: e.torch_shape for e in entries}
-    targets.update({k: v.shape for k, v in tables.items()})
+    targets.update(reference_only)
     learned = {e.torch_key for e in entries}
     resizable: set[str] = set()
     if resize_pos_embed:
-        resizable = ({_LEARNED_POS_EMBED} & learned) | set(tables)
+        resizable = ({_LEARNED_POS_EMBED} & learned) | (set(tables) & set(reference_only))
     found = rule.match(
         targets, state, ignore_source=True, resizable=resizable, fill_unvalidated=True
     )
@@ -155,16 +179,74 @@ def load(
         initialised=tuple(sorted(unfilled)),
         source_sha256=digest,
     )
-    # Fixed tables count like the reference's keys but are checked, never loaded.
-    report = dataclasses.replace(
-        report, extra_loaded=tuple(k for k in report.extra_loaded if k not in tables)
-    )
     validate(report, strict=strict, missing_key_threshold=missing_key_threshold)
-
-    flat_abstract = traverse_util.flatten_dict(abstract)
-    flat: dict[tuple[str, ...], Any] = {}
     notes: list[str] = []
-    for entry in entries:
+    for key, table in tables.items():
+        # Checked whether or not the rule counts it (decoder_pos_embed stays "unexpected").
+        name = sources.get(key) or next((c for c in rule.candidates(key) if c in state), None)
+        if name is not None:
+            notes.extend(_check_table(key, state[name], table, source_name))
+    for key, buffer in buffers.items():
+        if key in sources and not np.array_equal(state[sources[key]], buffer):
+            notes.append(f"{key}: the file's loss buffer differs from the given one (not loaded)")
+    report = dataclasses.replace(report, notes=tuple(notes))
+    return _Plan(report, state, sources, entries, abstract, tables, config)
+
+
+def load(
+    source: str | Path | Mapping[str, Any],
+    kind: str,
+    config: Config | Mapping[str, Any] | None = None,
+    *,
+    strict: bool = False,
+    missing_key_threshold: float = 0.1,
+    resize_pos_embed: bool = False,
+    strip_prefix: str | None = None,
+    mode: Mode = "finetune",
+    criterion_buffers: Mapping[str, Any] | None = None,
+    rule: Rule | None = None,
+) -> tuple[dict[str, Any], LoadReport]:
+    """Convert a checkpoint into ``{"params": ..., "batch_stats": ...}`` for ``Module(config)``.
+
+    ``source``: a ``.pth``/``.pt``/``.ckpt``/``.safetensors``/``.npz`` file (optionally
+    ``.xz``) or an in-memory (nested) state dict. ``kind``: one of
+    :data:`convert.targets.KINDS`. ``config``: the model config (or its dict; ``None`` →
+    the config class's defaults). ``resize_pos_embed``: accept a learned ``pos_embed`` of
+    another time length and resize it (bicubic along time, as the reference's
+    ``interpolate_pos_embed``). ``strip_prefix``: remove this prefix from the file's keys
+    first (e.g. ``"model."`` for a Lightning module holding the model as ``self.model``;
+    the failure report names it when most missing keys sit under one prefix).
+    ``mode`` (classifiers; the other kinds load one way): ``"finetune"`` decides like the
+    reference initialising a classifier to fine-tune, loading while it is constructed (an
+    encoder or MAE file passes; head and pooling keep their initialisation when the file
+    lacks them); ``"restore"`` like the reference restoring a trained classifier, every
+    module present (head, pooling, and its loss buffers: ``criterion.weight`` from
+    ``class_weights``, or ``criterion_buffers`` such as ``{"criterion.pos_weight": w}``
+    for an ECG classifier trained with one), so a bare encoder file is refused. Use
+    ``"restore"`` wherever a trained classifier is evaluated or exported.
+    ``rule``: replaces the kind's default :class:`Rule` (``mode`` is then the rule's).
+
+    Raises :class:`~convert.report.CheckpointMismatchError` (shape mismatches, too many
+    or — with ``strict`` — any missing keys) and
+    :class:`~convert.reading.CheckpointReadError` (unreadable file).
+    """
+    plan = _plan(
+        source,
+        kind,
+        config,
+        strict=strict,
+        missing_key_threshold=missing_key_threshold,
+        resize_pos_embed=resize_pos_embed,
+        strip_prefix=strip_prefix,
+        mode=mode,
+        criterion_buffers=criterion_buffers,
+        rule=rule,
+    )
+    config, state, sources, report = plan.config, plan.state, plan.sources, plan.report
+    flat_abstract = traverse_util.flatten_dict(plan.abstract)
+    flat: dict[tuple[str, ...], Any] = {}
+    notes = list(report.notes)
+    for entry in plan.entries:
         if entry.torch_key not in sources:
             continue
         array = state[sources[entry.torch_key]]
@@ -174,12 +256,9 @@ def load(
             array = resized
         dtypes = tuple(flat_abstract[p].dtype for p in entry.paths)
         flat.update(entry.to_flax(array, dtypes))
-    for key, table in tables.items():
-        if key in sources:
-            notes.extend(_check_table(key, state[sources[key]], table, source_name))
-    missing_paths = [p for e in entries if e.torch_key in unfilled for p in e.paths]
+    missing_paths = [p for e in plan.entries if e.torch_key not in sources for p in e.paths]
     if missing_paths:
-        fresh = traverse_util.flatten_dict(target.init(config))
+        fresh = traverse_util.flatten_dict(binding(kind).init(config))
         flat.update({p: fresh[p] for p in missing_paths})
     variables = traverse_util.unflatten_dict({p: jnp.asarray(v) for p, v in flat.items()})
     return variables, dataclasses.replace(report, notes=tuple(notes))

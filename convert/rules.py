@@ -15,14 +15,19 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Collection, Mapping
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
 from convert.report import LoadReport
-from jaxecg.errors import CheckpointError
+from jaxecg.errors import CheckpointError, UsageError
 
 Shape = tuple[int, ...]
+
+Mode = Literal["finetune", "restore"]
+# How the reference loads a classifier: while constructing it for fine-tuning, or into the
+# finished model to restore a trained one. Other kinds have one path; both names accept it.
+MODES: tuple[Mode, ...] = ("finetune", "restore")
 
 UNWRAP_KEYS = ("state_dict", "model", "network")
 DDP_PREFIX = "module."
@@ -96,6 +101,12 @@ class Rule:
         """Source names tried for target ``key``, in order (reference semantics)."""
         return (key,)
 
+    def for_mode(self, mode: Mode) -> Rule:
+        """This rule for a construction path (only classifiers have two; see ``MODES``)."""
+        if mode not in MODES:
+            raise UsageError(f"mode={mode!r}: expected one of {list(MODES)}")
+        return self
+
     def candidates(self, key: str) -> tuple[str, ...]:
         names = self.names(key)
         return names + tuple(DDP_PREFIX + n for n in names)
@@ -161,21 +172,35 @@ class ECGEncoderRule(Rule):
         return () if key.startswith("head.") else (key,)
 
 
-class ECGClassifierRule(Rule):
-    """``ECGClassifier``: the reference loads pretrained weights while constructing the model,
-    before ``fc_norm`` and ``attention_pool`` exist, so by default only the other keys are
-    validated (an encoder or MAE file passes as it does there); those two are still filled
-    when the file has them (a fine-tuned classifier). ``at_construction=False`` validates
-    every key, like the reference's mixin applied to a finished classifier."""
+class _ClassifierRule(Rule):
+    """A classifier the reference loads in one of two ways (``mode``):
+
+    - ``"finetune"``: while constructing it, before the modules in ``_BUILT_AFTER_LOADING``
+      exist, so only the others are validated (an encoder or MAE file passes, as there);
+      the late modules are still filled when the file has them (a fine-tuned classifier).
+    - ``"restore"``: into the finished classifier (evaluating a trained one): every key is
+      validated, so a file without the head or pooling is refused as the reference does.
+    """
+
+    _BUILT_AFTER_LOADING: tuple[str, ...] = ()
+
+    def __init__(self, mode: Mode = "finetune") -> None:
+        if mode not in MODES:
+            raise UsageError(f"mode={mode!r}: expected one of {list(MODES)}")
+        self.mode = mode
+
+    def validates(self, key: str) -> bool:
+        return not (self.mode == "finetune" and key.startswith(self._BUILT_AFTER_LOADING))
+
+    def for_mode(self, mode: Mode) -> Rule:
+        return type(self)(mode)
+
+
+class ECGClassifierRule(_ClassifierRule):
+    """``ECGClassifier``: ``fc_norm`` and ``attention_pool`` are built after fine-tuning's load."""
 
     kind = "ecg_classifier"
     _BUILT_AFTER_LOADING = ("fc_norm.", "attention_pool.")
-
-    def __init__(self, at_construction: bool = True) -> None:
-        self.at_construction = at_construction
-
-    def validates(self, key: str) -> bool:
-        return not (self.at_construction and key.startswith(self._BUILT_AFTER_LOADING))
 
 
 class MAERule(Rule):
@@ -202,8 +227,11 @@ class CMREncoderRule(Rule):
         return (_CMR_PREFIX + key[_CMR_CUT:], _CMR_PREFIX + key, key)
 
 
-class CMRClassifierRule(CMREncoderRule):
+class CMRClassifierRule(_ClassifierRule, CMREncoderRule):
+    """``CMRClassifier``: fine-tuning loads into the encoder before the ``head`` exists."""
+
     kind = "cmr_classifier"
+    _BUILT_AFTER_LOADING = ("head.",)
 
 
 class SimCLRRule(Rule):

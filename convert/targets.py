@@ -92,15 +92,43 @@ def _no_tables(cfg: Any) -> dict[str, np.ndarray]:
     return {}
 
 
+def _no_keys(cfg: Any) -> dict[str, tuple[int, ...]]:
+    return {}
+
+
+def _ecg_constructor_norm(cfg: Any) -> dict[str, tuple[int, ...]]:
+    """The timm ``norm`` the reference's classifier still has while loading for fine-tuning;
+    with a pooled head it is replaced afterwards (our module never has it)."""
+    if cfg.global_pool == "token":
+        return {}
+    return {"norm.weight": (cfg.embed_dim,), "norm.bias": (cfg.embed_dim,)}
+
+
+def _cmr_criterion(cfg: Any) -> dict[str, np.ndarray]:
+    """``CrossEntropyLoss(weight=...)`` keeps its class weights as ``criterion.weight``."""
+    if cfg.class_weights is None:
+        return {}
+    return {"criterion.weight": np.asarray(cfg.class_weights, np.float32)}
+
+
 @dataclasses.dataclass(frozen=True)
 class Binding:
-    """A kind's Flax side: classes, example input, torch namespace, recomputed tables."""
+    """A kind's Flax side: classes, example input, torch namespace, and the reference's keys
+    our module does not hold, which its loading counts all the same.
+
+    ``fixed_tables``: state-dict tables our module recomputes (MAE sin-cos tables).
+    ``constructor_only``: ``{key: shape}`` of modules the reference's classifier has while
+    loading for fine-tuning but not afterwards. ``criterion``: the loss buffers a trained
+    reference classifier stores (``criterion.weight``), counted when restoring one.
+    """
 
     kind: str
     classes: Callable[[], Classes]
     example_input: Callable[[Any], np.ndarray]
     mounts: tuple[Mount, ...] = ROOT
     fixed_tables: Callable[[Any], dict[str, np.ndarray]] = _no_tables
+    constructor_only: Callable[[Any], dict[str, tuple[int, ...]]] = _no_keys
+    criterion: Callable[[Any], dict[str, np.ndarray]] = _no_tables
 
     @property
     def config_cls(self) -> type[Config]:
@@ -130,12 +158,18 @@ class Binding:
 
     def abstract(self, config: Config) -> dict[str, Any]:
         """The variables' shapes and dtypes (``jax.ShapeDtypeStruct`` leaves), no compute."""
-        return jax.eval_shape(functools.partial(_init, self, config, 0))
+        return _abstract(self, config)
 
     def entries(self, config: Config) -> tuple[list[Entry], dict[str, Any]]:
         """Torch-key entries covering every leaf, and the abstract tree they came from."""
         abstract = self.abstract(config)
         return build_entries(abstract, self.mounts), abstract
+
+
+@functools.cache
+def _abstract(binding: Binding, config: Config) -> dict[str, Any]:
+    # Tracing a model's init takes a while; every load of the same config reuses it.
+    return jax.eval_shape(functools.partial(_init, binding, config, 0))
 
 
 @functools.cache
@@ -168,6 +202,7 @@ BINDINGS: dict[str, Binding] = {
             "ecg_classifier",
             _lazy("jaxecg.models.ecg_classifier", "ECGClassifierConfig", "ECGClassifier"),
             _ecg_input,
+            constructor_only=_ecg_constructor_norm,
         ),
         Binding(
             "cmr_encoder",
@@ -180,6 +215,7 @@ BINDINGS: dict[str, Binding] = {
             _lazy("jaxecg.models.cmr_classifier", "CMRClassifierConfig", "CMRClassifier"),
             _image_input,
             (Mount(("encoder",), "encoder.", resnet=True), *ROOT),
+            criterion=_cmr_criterion,
         ),
         Binding(
             "simclr",

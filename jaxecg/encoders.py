@@ -165,9 +165,9 @@ def load_encoder(
     ``huge``, CMR ``resnet18``/``resnet50``). ``image_size``: CMR resize target of
     :meth:`Encoder.preprocess` (default: the training config's, else 210).
     """
-    return as_encoder(
-        load_model(source, kind=kind, preset=preset, seed=seed, **overrides), image_size
-    )
+    # Only the encoder is kept, so a classifier file is read as fine-tuning reads it.
+    model = load_model(source, kind=kind, preset=preset, seed=seed, mode="finetune", **overrides)
+    return as_encoder(model, image_size)
 
 
 def load_model(
@@ -176,9 +176,15 @@ def load_model(
     kind: str | None = None,
     preset: str | None = None,
     seed: int = 0,
+    mode: Literal["finetune", "restore"] = "restore",
     **overrides: Any,
 ) -> LoadedModel:
-    """Read ``source`` (see :func:`load_encoder`) as a whole model, without cutting it down."""
+    """Read ``source`` (see :func:`load_encoder`) as a whole model, without cutting it down.
+
+    ``mode`` (a classifier checkpoint file, see :func:`convert.load`): ``"restore"``, a
+    trained classifier, refuses a file without its head and pooling (a bare encoder
+    would give a random head); ``"finetune"`` accepts one, as fine-tuning starts.
+    """
     path = Path(source)
     if path.is_dir():
         if preset is not None or overrides:
@@ -196,7 +202,7 @@ def load_model(
         import convert
 
         config = _config(target.config_cls, preset, overrides)
-        variables, _ = convert.load(path, model_kind, config)
+        variables, _ = convert.load(path, model_kind, config, mode=mode)
         return LoadedModel(variables, model_kind, config)
     if preset is not None:
         raise UsageError(f"no file or directory {str(source)!r} (with preset={preset!r})")

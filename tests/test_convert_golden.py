@@ -59,7 +59,8 @@ def _checkpoint(case_id: str) -> str:
 
 def _load(case_id: str, kind: str, config: Any, checkpoint: str | None = None) -> dict:
     path = golden.checkpoint_path(checkpoint or _checkpoint(case_id))
-    variables, report = convert.load(path, kind, config)
+    # Trained models are evaluated here: classifiers are restored, not set up to fine-tune.
+    variables, report = convert.load(path, kind, config, mode="restore")
     assert report.coverage == 1.0
     return variables
 
@@ -212,7 +213,7 @@ def test_round_trips_cover_every_kind() -> None:
 )
 def test_torch_flax_torch_is_the_identity(kind: str, config: dict, checkpoint: str) -> None:
     state = _state(checkpoint)
-    variables, report = convert.load(state, kind, config)
+    variables, report = convert.load(state, kind, config, mode="restore")
     assert report.missing == () and report.initialised == ()
     exported = convert.export(variables, kind, config)
     rule = RULES[kind]
@@ -241,6 +242,6 @@ def test_flax_torch_flax_is_the_identity(kind: str, config: dict) -> None:
         target.abstract(target.config(config)),
     )
     exported = convert.export(variables, kind, config)
-    restored, report = convert.load(exported, kind, config, strict=True)
+    restored, report = convert.load(exported, kind, config, strict=True, mode="restore")
     assert report.unexpected == () and report.initialised == ()
     jax.tree.map(np.testing.assert_array_equal, restored, variables)

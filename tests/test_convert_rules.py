@@ -22,7 +22,7 @@ import torch
 
 from convert.reading import read_bytes, read_checkpoint
 from convert.report import CheckpointMismatchError, validate
-from convert.rules import RULES, ECGClassifierRule, Rule, tensors_of, unwrap
+from convert.rules import RULES, Rule, tensors_of, unwrap
 
 MIXIN_KIND = {
     "ECGEncoder": "ecg_encoder",
@@ -31,6 +31,7 @@ MIXIN_KIND = {
     "CMREncoder": "cmr_encoder",
     "CMRClassifier": "cmr_classifier",
 }
+MIXIN_MODE = {"constructor": "finetune", "post_construction": "restore"}
 MIXIN_CASES = golden.case_ids("dev/mixin/")
 TORCH_LOAD_REFUSED = "torch.load"
 
@@ -59,9 +60,7 @@ def test_mixin_case(case_id: str) -> None:
     expected = _expected(case, "weights_only_false_torch_2_4")
     kind = MIXIN_KIND[spec["class"]]
     targets = {k: tuple(v) for k, v in spec["target_keys"].items()}
-    rule = RULES[kind]
-    if kind == "ecg_classifier" and spec["construction"] == "post_construction":
-        rule = ECGClassifierRule(at_construction=False)
+    rule = RULES[kind].for_mode(MIXIN_MODE[spec["construction"]])
 
     found = rule.match(targets, _state(case["checkpoint"]))
     report = found.report(source=case["checkpoint"], kind=kind)
