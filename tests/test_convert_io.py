@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -228,21 +229,40 @@ def test_a_prefixed_lightning_file_gets_a_hint_and_loads_with_strip_prefix(
         convert.load(path, "ecg_encoder", TOKEN_VIT, strip_prefix="net.")
 
 
+# Run the CLI, but SIGKILL the process once Orbax has written the variables into the
+# partial directory (when the sidecar is about to be written): nothing can clean up.
+_KILLED_CONVERT = """
+import os, signal, sys
+import convert.store as store
+class KilledMidSave:
+    @staticmethod
+    def dumps(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGKILL)
+store.json = KilledMidSave
+from convert.cli import main
+main(sys.argv[1:])
+"""
+
+
 def test_a_killed_convert_leaves_no_debris_after_the_next_run(tmp_path: Path, capsys) -> None:
     """kill -9 cannot clean up: the next save to the same --out removes what it left."""
-    dead = subprocess.run(
-        [sys.executable, "-c", "import os; print(os.getpid())"],
+    args = _cli_args(tmp_path)
+    args[0] = str(tmp_path / "encoder.npz")  # the same tensors; the subprocess needs no torch
+    np.savez(args[0], **_signal_encoder_state())
+    killed = subprocess.run(
+        [sys.executable, "-c", _KILLED_CONVERT, *args],
+        check=False,
+        cwd=REPO,
         capture_output=True,
-        text=True,
-        check=True,
+        timeout=300,
     )
-    stale = tmp_path / f".converted.partial-{socket.gethostname()}-{dead.stdout.strip()}-x1y2z3w4"
-    (stale / store.VARIABLES).mkdir(parents=True)
-    (stale / store.VARIABLES / "d").write_bytes(b"\0" * 4096)
+    assert killed.returncode == -signal.SIGKILL
+    (debris,) = tmp_path.glob(".converted.partial-*")
+    assert (debris / store.VARIABLES).is_dir() and not (tmp_path / "converted").exists()
     live = tmp_path / f".converted.partial-{socket.gethostname()}-{os.getpid()}-a1b2c3d4"
-    live.mkdir()  # a save still running in this process: left alone
-    assert main(_cli_args(tmp_path)) == 0
+    live.mkdir()  # a save still running (this process): left alone
+    assert main(args) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        ["converted", live.name, "vit64.yaml"]
+        ["converted", "encoder.npz", live.name, "vit64.yaml"]
     )
     convert.restore(tmp_path / "converted")
