@@ -6,7 +6,8 @@ are standardised with statistics of the train split, then a logistic regression
 regression for class ids) is fitted on train for each inverse regularisation ``C`` of a
 small grid. The ``C`` with the best validation macro AUROC is kept and its model scores the
 test split: ``DIR/probe.json`` holds the test ``metrics`` in the schema of ``jaxecg evaluate``
-(:func:`jaxecg.scoring.classification_report`), the chosen ``C`` and every ``C``'s val AUROC.
+(:func:`jaxecg.scoring.classification_report`), the chosen ``C`` and every ``C``'s val AUROC;
+a score the split cannot define (a class without positives or negatives) is ``null``.
 
 ``ENCODER`` is anything :func:`jaxecg.encoders.load_encoder` reads, or a preset name (random
 weights: the baseline a pretrained encoder must beat). ``DATA`` is a ``jaxecg preprocess``
@@ -36,7 +37,12 @@ from jaxecg.embed import (
     write_atomic,
 )
 from jaxecg.errors import DataError, UsageError, run_command
-from jaxecg.scoring import BOOTSTRAP_SAMPLES, classification_metrics, classification_report
+from jaxecg.scoring import (
+    BOOTSTRAP_SAMPLES,
+    classification_metrics,
+    classification_report,
+    json_safe,
+)
 
 FORMAT = "jaxecg.probe"
 VERSION = 1
@@ -230,7 +236,7 @@ def probe(
         ),
     }
     out.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(result, indent=2) + "\n"
+    text = json.dumps(json_safe(result), indent=2, allow_nan=False) + "\n"
     write_atomic(out / RESULT, lambda f: f.write(text.encode()))
     return result
 

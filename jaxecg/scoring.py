@@ -162,3 +162,15 @@ def classification_report(
         "auroc_macro_ci95": bootstrap_auroc_ci(truth, probs, samples=bootstrap_samples, seed=seed),
         "per_class": per_class,
     }
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with every non-finite float as ``None``: reports stay strict JSON (``null``
+    where a split cannot define a score)."""
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value

@@ -3,7 +3,7 @@
 import numpy as np
 from sklearn import metrics as skm
 
-from jaxecg.scoring import classification_report
+from jaxecg.scoring import classification_report, json_safe
 
 
 def _multilabel_case(n: int = 60, seed: int = 0):
@@ -49,3 +49,8 @@ def test_class_without_negatives_is_nan_not_an_error():
     )
     assert np.isnan(report["per_class"]["b"]["auroc"])
     assert np.isfinite(report["auroc_macro"])  # macro over the classes the split can score
+
+
+def test_json_safe_turns_undefined_scores_into_null():
+    report = {"auroc": float("nan"), "ci": [float("-inf"), 0.5], "per": {"a": {"f1": 1.0}}}
+    assert json_safe(report) == {"auroc": None, "ci": [None, 0.5], "per": {"a": {"f1": 1.0}}}
