@@ -1,15 +1,58 @@
-"""Blocked (online-softmax) attention, a drop-in :data:`~jaxecg.models.vit.AttentionFn`.
+"""Attention kernels with one signature, and the choice between them (``model.attention``).
 
-The default :func:`~jaxecg.models.vit.softmax_attention` materialises the
-``(B, heads, N, N)`` scores; this one walks the keys in blocks and keeps a running max
-and denominator per query (the FlashAttention recurrence), so only
-``(B, heads, N, block)`` scores exist at a time. Same result up to fp32 rounding.
+An :data:`AttentionFn` maps ``(B, N, heads, hd)`` q, k, v and a keyword ``scale`` to
+``(B, N, heads, hd)``. Three backends:
+
+- ``xla``: :func:`softmax_attention`, the plain timm computation materialising the
+  ``(B, heads, N, N)`` scores (exact to the reference in fp32);
+- ``blocked``: :func:`blocked_attention`, the FlashAttention recurrence over key blocks
+  (running max and denominator per query), so only ``(B, heads, N, block)`` scores exist
+  at a time; same result up to fp32 rounding;
+- ``cudnn``: :func:`cudnn_attention`, ``jax.nn.dot_product_attention`` with cuDNN's fused
+  flash attention (NVIDIA GPUs, bf16/fp16 only).
+
+With bf16 inputs the products run in bf16 and the softmax (scores, max, denominator) in
+fp32, as torch autocast does.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Literal
+
 import jax
 import jax.numpy as jnp
+
+from jaxecg.config import ConfigError
+
+AttentionFn = Callable[..., jax.Array]
+AttentionBackend = Literal["auto", "xla", "cudnn", "blocked"]
+
+_HALF = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+
+
+def attention_probs(q: jax.Array, k: jax.Array, scale: float) -> jax.Array:
+    """Softmax attention weights ``(B, heads, Nq, Nk)`` of ``(B, N, heads, hd)`` q and k.
+
+    timm's order: ``softmax((q @ k^T) * scale)`` over the keys; the product runs in the
+    inputs' dtype, the scaling and softmax in (at least) fp32.
+    """
+    logits = jnp.einsum("bnhd,bmhd->bhnm", q, k)
+    logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32)) * scale
+    return jax.nn.softmax(logits, axis=-1)
+
+
+def attend(probs: jax.Array, v: jax.Array) -> jax.Array:
+    """Weights ``(B, heads, Nq, Nk)`` applied to ``(B, Nk, heads, hd)`` values -> ``(B, Nq, heads, hd)``.
+
+    The product runs in the values' dtype (bf16 under mixed precision).
+    """
+    return jnp.einsum("bhnm,bmhd->bnhd", probs.astype(v.dtype), v)
+
+
+def softmax_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, scale: float) -> jax.Array:
+    """Plain softmax attention materialising ``(B, heads, N, N)``; layout ``(B, N, heads, hd)``."""
+    return attend(attention_probs(q, k, scale), v)
 
 
 def blocked_attention(
@@ -19,7 +62,7 @@ def blocked_attention(
 
     The keys are split into ``ceil(N / block_size)`` equal blocks (the last one padded
     with keys that get zero weight). Block count is static, so the loop unrolls under
-    ``jit``.
+    ``jit``. Running max, denominator and accumulator are fp32 whatever the input dtype.
     """
     if block_size <= 0:
         raise ValueError(f"block_size must be positive, got {block_size}")
@@ -37,14 +80,15 @@ def blocked_attention(
         k = jnp.pad(k, ((0, 0), (0, pad), (0, 0), (0, 0)))
         v = jnp.pad(v, ((0, 0), (0, pad), (0, 0), (0, 0)))
     batch, num_queries, heads, head_dim = q.shape
-    running_max = jnp.full((batch, heads, num_queries), -jnp.inf, q.dtype)
-    denom = jnp.zeros((batch, heads, num_queries), q.dtype)
-    acc = jnp.zeros((batch, heads, num_queries, head_dim), q.dtype)
+    stats = jnp.promote_types(q.dtype, jnp.float32)
+    running_max = jnp.full((batch, heads, num_queries), -jnp.inf, stats)
+    denom = jnp.zeros((batch, heads, num_queries), stats)
+    acc = jnp.zeros((batch, heads, num_queries, head_dim), stats)
     for i in range(num_blocks):
         start = i * block
         k_blk, v_blk = k[:, start : start + block], v[:, start : start + block]
         # Scale after the product, like timm (q @ k^T) * scale.
-        scores = jnp.einsum("bnhd,bmhd->bhnm", q, k_blk) * scale
+        scores = jnp.einsum("bnhd,bmhd->bhnm", q, k_blk).astype(stats) * scale
         if pad and i == num_blocks - 1:
             valid = jnp.arange(block) < block - pad
             scores = jnp.where(valid, scores, -jnp.inf)
@@ -53,6 +97,60 @@ def blocked_attention(
         # exp(-inf - finite) = 0 on the first block: nothing accumulated yet to rescale.
         rescale = jnp.exp(running_max - new_max)
         denom = denom * rescale + probs.sum(axis=-1)
-        acc = acc * rescale[..., None] + jnp.einsum("bhnm,bmhd->bhnd", probs, v_blk)
+        block_out = jnp.einsum("bhnm,bmhd->bhnd", probs.astype(v.dtype), v_blk)
+        acc = acc * rescale[..., None] + block_out.astype(stats)
         running_max = new_max
-    return jnp.einsum("bhnd->bnhd", acc / denom[..., None])
+    return jnp.einsum("bhnd->bnhd", acc / denom[..., None]).astype(q.dtype)
+
+
+def cudnn_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, scale: float) -> jax.Array:
+    """cuDNN fused flash attention (``jax.nn.dot_product_attention(implementation="cudnn")``).
+
+    Same ``(B, N, heads, hd)`` layout (jax's ``BTNH``) and scale; NVIDIA GPUs with bf16 or
+    fp16 inputs only (cuDNN has no fp32 flash kernel).
+    """
+    return jax.nn.dot_product_attention(q, k, v, scale=scale, implementation="cudnn")
+
+
+_BACKENDS: dict[str, AttentionFn] = {
+    "xla": softmax_attention,
+    "blocked": blocked_attention,
+    "cudnn": cudnn_attention,
+}
+
+
+def resolve_attention(
+    backend: AttentionBackend, dtype: jnp.dtype | str, platform: str | None = None
+) -> AttentionFn:
+    """The :data:`AttentionFn` of ``model.attention`` for a compute ``dtype`` on ``platform``.
+
+    ``platform`` defaults to this process's JAX backend (``"cpu"``, ``"gpu"``, ``"tpu"``).
+    ``auto`` picks ``cudnn`` on a GPU with bf16/fp16 compute — the fused kernel never
+    writes the ``N x N`` scores to memory and is the fastest there — and ``xla``
+    everywhere else: cuDNN has no fp32 flash kernel, and on CPU/TPU XLA's own fusion of
+    the plain computation is exact to the reference (``blocked`` unrolls a loop per key
+    block and is only equal up to rounding; choose it explicitly, e.g. for long
+    sequences on CPU). ``cudnn`` where it cannot run is an error, never a silent fallback.
+    """
+    platform = jax.default_backend() if platform is None else platform
+    dtype = jnp.dtype(dtype)
+    if backend == "auto":
+        backend = "cudnn" if platform == "gpu" and dtype in _HALF else "xla"
+    if backend not in _BACKENDS:
+        expected = ["auto", *_BACKENDS]
+        raise ConfigError(
+            f"model.attention: unknown backend {backend!r}; expected one of {expected}"
+        )
+    if backend == "cudnn":
+        if platform != "gpu":
+            raise ConfigError(
+                "model.attention='cudnn' runs cuDNN flash attention, which needs an NVIDIA "
+                f"GPU; this process runs on {platform!r}. Use 'auto' (cudnn on GPU with "
+                "bf16/fp16, else xla), 'xla' or 'blocked'"
+            )
+        if dtype not in _HALF:
+            raise ConfigError(
+                "model.attention='cudnn' needs a bfloat16 or float16 compute dtype "
+                f"(model.dtype or train.mixed_precision=true), got {dtype.name}"
+            )
+    return _BACKENDS[backend]

@@ -10,6 +10,8 @@ momentum it never affects the output.
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
@@ -28,12 +30,18 @@ class BatchNorm(nn.Module):
     are averaged across the devices of the axis, i.e. computed over the global batch
     (synchronised BatchNorm); every device must hold the same number of samples. Off by
     default, as in the reference (one GPU, or per-device statistics under DDP).
+
+    ``dtype`` is the output's dtype (default: the input's promoted with the parameters');
+    the statistics and the normalisation are always computed in (at least) fp32 and the
+    running statistics are stored in fp32, whatever ``dtype``/``param_dtype``.
     """
 
     use_running_average: bool | None = None
     momentum: float = 0.1  # torch convention: weight of the new batch statistic
     epsilon: float = 1e-5  # torch's BatchNorm default
     axis_name: str | None = None
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, use_running_average: bool | None = None) -> jax.Array:
@@ -42,8 +50,10 @@ class BatchNorm(nn.Module):
         )
         features = x.shape[-1]
         reduce_axes = tuple(range(x.ndim - 1))
-        scale = self.param("scale", nn.initializers.ones, (features,), jnp.float32)
-        bias = self.param("bias", nn.initializers.zeros, (features,), jnp.float32)
+        scale = self.param("scale", nn.initializers.ones, (features,), self.param_dtype)
+        bias = self.param("bias", nn.initializers.zeros, (features,), self.param_dtype)
+        out_dtype = self.dtype or jnp.result_type(x, scale)
+        x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
         ra_mean = self.variable("batch_stats", "mean", jnp.zeros, (features,), jnp.float32)
         ra_var = self.variable("batch_stats", "var", jnp.ones, (features,), jnp.float32)
 
@@ -73,4 +83,4 @@ class BatchNorm(nn.Module):
                 ra_var.value = (1.0 - self.momentum) * ra_var.value + self.momentum * unbiased
 
         inv = jax.lax.rsqrt(var + self.epsilon)
-        return (x - mean) * (inv * scale) + bias
+        return ((x - mean) * (inv * scale) + bias).astype(out_dtype)

@@ -7,6 +7,7 @@ Param tree: ``encoder/<CMREncoder tree>`` and ``head/{kernel,bias}`` (linear) or
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, ClassVar, Literal
 
 import jax
@@ -14,19 +15,22 @@ import jax.numpy as jnp
 from flax import linen as nn
 from jax.typing import ArrayLike
 
-from jaxecg.config import Config, ConfigError
+from jaxecg.config import ConfigError
 from jaxecg.losses.classification import cross_entropy
 from jaxecg.models.heads import torch_dense
+from jaxecg.models.precision import PrecisionConfig, share_precision
 from jaxecg.models.resnet import CMREncoder, ResNetConfig
 
 
 @dataclasses.dataclass(frozen=True)
-class CMRClassifierConfig(Config):
+class CMRClassifierConfig(PrecisionConfig):
     """CMR classifier config (reference ``CMRClassifier`` arguments).
 
     ``classifier_type``: ``"linear"`` (Linear F→classes) or ``"mlp"`` (F→F/4→F/16→classes,
     ReLU between). ``freeze_encoder``: train the head only (see :class:`CMRClassifier`).
     ``class_weights``: per-class weights of the cross-entropy criterion (reference ``weights``).
+    ``dtype``/``param_dtype`` (see :mod:`jaxecg.models.precision`) hold for the whole model;
+    the encoder follows them.
     """
 
     encoder: ResNetConfig = ResNetConfig()
@@ -40,6 +44,7 @@ class CMRClassifierConfig(Config):
     }
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "encoder", share_precision(self, self.encoder))
         if self.classifier_type not in ("linear", "mlp"):
             raise ConfigError(
                 "CMRClassifierConfig.classifier_type: expected 'linear' or 'mlp', "
@@ -56,13 +61,16 @@ class MLPHead(nn.Module):
     """``fc1`` F→F/4, ReLU, ``fc2`` →F/16, ReLU, ``fc3`` →classes: ``(B, F) → (B, classes)``."""
 
     num_classes: int
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, h: jax.Array) -> jax.Array:
         dim = h.shape[-1]
-        x = nn.relu(torch_dense(dim // 4, dim, name="fc1")(h))
-        x = nn.relu(torch_dense(dim // 16, dim // 4, name="fc2")(x))
-        return torch_dense(self.num_classes, dim // 16, name="fc3")(x)
+        dense = functools.partial(torch_dense, dtype=self.dtype, param_dtype=self.param_dtype)
+        x = nn.relu(dense(dim // 4, dim, name="fc1")(h))
+        x = nn.relu(dense(dim // 16, dim // 4, name="fc2")(x))
+        return dense(self.num_classes, dim // 16, name="fc3")(x)
 
 
 class CMRClassifier(nn.Module):
@@ -89,8 +97,10 @@ class CMRClassifier(nn.Module):
         if cfg.freeze_encoder:
             features = jax.lax.stop_gradient(features)
         if cfg.classifier_type == "mlp":
-            return MLPHead(cfg.num_classes, name="head")(features)
-        return torch_dense(cfg.num_classes, cfg.encoder.pooled_dim, name="head")(features)
+            return MLPHead(cfg.num_classes, name="head", **cfg.dtypes)(features)
+        return torch_dense(cfg.num_classes, cfg.encoder.pooled_dim, name="head", **cfg.dtypes)(
+            features
+        )
 
 
 def cmr_classifier_loss(

@@ -74,7 +74,9 @@ class ECGClassifier(ECGEncoder):
         super().setup()
         # The reference re-initialises head.weight with trunc_normal(std=0.01).
         self.head = nn.Dense(
-            self.config.num_classes, kernel_init=nn.initializers.truncated_normal(0.01)
+            self.config.num_classes,
+            kernel_init=nn.initializers.truncated_normal(0.01),
+            **self.config.dtypes,
         )
 
     def mask_tokens(self, tokens: jax.Array, noise: Noise | None, train: bool) -> jax.Array:

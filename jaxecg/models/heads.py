@@ -11,8 +11,9 @@
 
 from __future__ import annotations
 
+import functools
 import math
-from typing import Literal
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
@@ -37,8 +38,11 @@ _LINEAR_INITS: dict[str, jax.nn.initializers.Initializer] = {
 }
 
 
-def torch_dense(features: int, in_features: int, *, use_bias: bool = True, name: str) -> nn.Dense:
-    """``nn.Dense`` initialised like ``torch.nn.Linear``: weight and bias ~ U(±1/sqrt(in))."""
+def torch_dense(
+    features: int, in_features: int, *, use_bias: bool = True, name: str, **dtypes: Any
+) -> nn.Dense:
+    """``nn.Dense`` initialised like ``torch.nn.Linear``: weight and bias ~ U(±1/sqrt(in));
+    ``dtypes``: ``dtype``/``param_dtype``."""
     bound = 1.0 / math.sqrt(in_features)
 
     def bias_init(key: jax.Array, shape: tuple[int, ...], dtype: jnp.dtype = jnp.float32):
@@ -51,6 +55,7 @@ def torch_dense(features: int, in_features: int, *, use_bias: bool = True, name:
         kernel_init=nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform"),
         bias_init=bias_init,
         name=name,
+        **dtypes,
     )
 
 
@@ -63,6 +68,8 @@ class LinearClassifier(nn.Module):
 
     num_classes: int
     init_type: InitType = "kaiming"
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
 
     def setup(self) -> None:
         if self.init_type not in _LINEAR_INITS:
@@ -73,6 +80,8 @@ class LinearClassifier(nn.Module):
             self.num_classes,
             kernel_init=_LINEAR_INITS[self.init_type],
             bias_init=nn.initializers.zeros,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
         )
 
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
@@ -95,6 +104,8 @@ class SimCLRProjectionHead(nn.Module):
     output_dim: int = 128
     layout: HeadLayout = "lightly"
     bn_axis_name: str | None = None
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, h: jax.Array, *, train: bool = False) -> jax.Array:
@@ -102,15 +113,19 @@ class SimCLRProjectionHead(nn.Module):
             raise ValueError(f"unknown head layout {self.layout!r}; expected 'lightly' or 'legacy'")
         if h.ndim != 2:
             raise ValueError(f"projection head expects features (B, F), got shape {h.shape}")
+        dtypes = {"dtype": self.dtype, "param_dtype": self.param_dtype}
         if self.layout == "legacy":
-            x = nn.relu(torch_dense(self.hidden_dim, h.shape[-1], name="layers_0")(h))
-            return torch_dense(self.output_dim, self.hidden_dim, name="layers_2")(x)
+            x = nn.relu(torch_dense(self.hidden_dim, h.shape[-1], name="layers_0", **dtypes)(h))
+            return torch_dense(self.output_dim, self.hidden_dim, name="layers_2", **dtypes)(x)
 
         def bn(name: str) -> BatchNorm:
-            return BatchNorm(use_running_average=not train, axis_name=self.bn_axis_name, name=name)
+            return BatchNorm(
+                use_running_average=not train, axis_name=self.bn_axis_name, name=name, **dtypes
+            )
 
         # lightly drops the Linear biases when a BatchNorm follows (they would cancel).
-        x = torch_dense(self.hidden_dim, h.shape[-1], use_bias=False, name="layers_0")(h)
+        dense = functools.partial(torch_dense, use_bias=False, **dtypes)
+        x = dense(self.hidden_dim, h.shape[-1], name="layers_0")(h)
         x = nn.relu(bn("layers_1")(x))
-        x = torch_dense(self.output_dim, self.hidden_dim, use_bias=False, name="layers_3")(x)
+        x = dense(self.output_dim, self.hidden_dim, name="layers_3")(x)
         return bn("layers_4")(x)

@@ -17,19 +17,19 @@ import jax.numpy as jnp
 
 from jaxecg.config import ConfigError
 from jaxecg.losses.reconstruction import mae_loss, zero_normalize
+from jaxecg.models.attention import AttentionFn, resolve_attention
 from jaxecg.models.masking import masking_noise, random_masking
 from jaxecg.models.pos_embed import sincos_pos_embed_f32
 from jaxecg.models.vit import (
     ENCODER_PRESETS,
-    AttentionFn,
     Block,
     PatchEmbed,
     ViTBackboneConfig,
+    block_class,
     check_heads,
     check_positive,
     layer_norm,
     prepare_ecg,
-    softmax_attention,
 )
 
 # decoder_embed_dim / decoder_depth / decoder_num_heads per encoder size. The reference's
@@ -135,39 +135,48 @@ class MAE(nn.Module):
     ``x (B, leads, T)`` or ``(B, 1, leads, T)``; ``noise (B, N)`` uniform drives the
     per-sample masking (``ids_shuffle = argsort(noise)``); without it, noise is drawn
     from the ``"masking"`` rng. ``mask_ratio`` defaults to the config's.
+    ``attention_fn`` overrides the config's ``attention`` backend. The prediction and
+    the loss are fp32 whatever the compute dtype.
     """
 
     config: MAEConfig
-    attention_fn: AttentionFn = softmax_attention
+    attention_fn: AttentionFn | None = None
 
     def setup(self) -> None:
         cfg = self.config
+        dtypes = cfg.dtypes
+        attention_fn = self.attention_fn or resolve_attention(cfg.attention, cfg.dtype)
+        block = block_class(cfg.remat)
 
         def blocks(num_heads: int, depth: int, qkv_bias: bool) -> list[Block]:
             return [
-                Block(num_heads, cfg.mlp_ratio, qkv_bias, attention_fn=self.attention_fn)
+                block(num_heads, cfg.mlp_ratio, qkv_bias, attention_fn=attention_fn, **dtypes)
                 for _ in range(depth)
             ]
 
         # The reference's MAE init: xavier-uniform Linear weights, N(0, 0.02) tokens.
-        self.patch_embed = PatchEmbed(cfg.patch_size, cfg.embed_dim)
+        self.patch_embed = PatchEmbed(cfg.patch_size, cfg.embed_dim, **dtypes)
         self.cls_token = self.param(
-            "cls_token", nn.initializers.normal(0.02), (1, 1, cfg.embed_dim)
+            "cls_token", nn.initializers.normal(0.02), (1, 1, cfg.embed_dim), cfg.param_dtype
         )
         self.blocks = blocks(cfg.num_heads, cfg.depth, cfg.qkv_bias)
-        self.norm = layer_norm()
+        self.norm = layer_norm(**dtypes)
         self.decoder_embed = nn.Dense(
-            cfg.decoder_embed_dim, kernel_init=nn.initializers.xavier_uniform()
+            cfg.decoder_embed_dim, kernel_init=nn.initializers.xavier_uniform(), **dtypes
         )
         self.mask_token = self.param(
-            "mask_token", nn.initializers.normal(0.02), (1, 1, cfg.decoder_embed_dim)
+            "mask_token",
+            nn.initializers.normal(0.02),
+            (1, 1, cfg.decoder_embed_dim),
+            cfg.param_dtype,
         )
         # The reference's decoder blocks always have a qkv bias.
         self.decoder_blocks = blocks(cfg.decoder_num_heads, cfg.decoder_depth, True)
-        self.decoder_norm = layer_norm()
+        self.decoder_norm = layer_norm(**dtypes)
         self.decoder_pred = nn.Dense(
             cfg.patch_size[0] * cfg.patch_size[1] * cfg.in_chans,
             kernel_init=nn.initializers.xavier_uniform(),
+            **dtypes,
         )
 
     def forward_encoder(
@@ -182,7 +191,7 @@ class MAE(nn.Module):
         cls = jnp.broadcast_to(self.cls_token + pos_embed[:, :1], (x.shape[0], 1, x.shape[-1]))
         x = jnp.concatenate([cls, x], axis=1)
         for block in self.blocks:
-            x = block(x, train=train)
+            x = block(x, train)
         normed = self.norm(x)  # always evaluated so `norm` params exist in both modes
         latent = zero_normalize(x) if cfg.lit_mae_norm else normed
         return latent, masked.mask, masked.ids_restore
@@ -199,8 +208,9 @@ class MAE(nn.Module):
         x = jnp.concatenate([x[:, :1], unshuffled], axis=1)
         x = x + sincos_pos_embed_f32(cfg.decoder_embed_dim, cfg.grid_size)
         for block in self.decoder_blocks:
-            x = block(x, train=train)
-        return self.decoder_pred(self.decoder_norm(x))[:, 1:]
+            x = block(x, train)
+        # The loss compares the prediction with the fp32 input: it leaves the model in fp32.
+        return self.decoder_pred(self.decoder_norm(x))[:, 1:].astype(jnp.float32)
 
     def __call__(
         self,

@@ -14,8 +14,9 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from jaxecg.config import Config, ConfigError
+from jaxecg.config import ConfigError
 from jaxecg.models.batchnorm import BatchNorm
+from jaxecg.models.precision import PrecisionConfig
 
 # torchvision: (block type, blocks per stage); stage widths are 64, 128, 256, 512.
 _ARCHITECTURES: dict[str, tuple[str, tuple[int, ...]]] = {
@@ -30,11 +31,13 @@ _conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
 @dataclasses.dataclass(frozen=True)
-class ResNetConfig(Config):
+class ResNetConfig(PrecisionConfig):
     """ResNet encoder config: ``backbone`` ``"resnet18"`` (512 features) or ``"resnet50"`` (2048).
 
     ``bn_axis_name``: mesh/pmap axis over which BatchNorm statistics are synchronised in
     training (see :class:`~jaxecg.models.batchnorm.BatchNorm`); ``None`` keeps them per device.
+    ``dtype``/``param_dtype``: see :mod:`jaxecg.models.precision` (convolutions in ``dtype``,
+    BatchNorm statistics and normalisation in fp32).
     """
 
     backbone: str = "resnet50"
@@ -76,8 +79,9 @@ def nchw_to_nhwc(x: jax.Array) -> jax.Array:
     return jnp.transpose(x, (0, 2, 3, 1))
 
 
-def _conv(features: int, kernel: int, stride: int, name: str) -> nn.Conv:
-    """Bias-free conv with torchvision's symmetric padding ``kernel // 2`` (not ``"SAME"``)."""
+def _conv(features: int, kernel: int, stride: int, name: str, **dtypes: Any) -> nn.Conv:
+    """Bias-free conv with torchvision's symmetric padding ``kernel // 2`` (not ``"SAME"``);
+    ``dtypes``: ``dtype``/``param_dtype``."""
     pad = kernel // 2
     return nn.Conv(
         features,
@@ -88,6 +92,7 @@ def _conv(features: int, kernel: int, stride: int, name: str) -> nn.Conv:
         use_bias=False,
         kernel_init=_conv_init,
         name=name,
+        **dtypes,
     )
 
 
@@ -98,17 +103,29 @@ class _ResidualBlock(nn.Module):
     stride: int
     train: bool
     bn_axis_name: str | None = None
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+
+    @property
+    def _dtypes(self) -> dict[str, Any]:
+        return {"dtype": self.dtype, "param_dtype": self.param_dtype}
 
     def _bn(self, name: str) -> BatchNorm:
         return BatchNorm(
-            use_running_average=not self.train, axis_name=self.bn_axis_name, name=name
+            use_running_average=not self.train,
+            axis_name=self.bn_axis_name,
+            name=name,
+            **self._dtypes,
         )
+
+    def _conv(self, features: int, kernel: int, stride: int, name: str) -> nn.Conv:
+        return _conv(features, kernel, stride, name, **self._dtypes)
 
     def _add_shortcut(self, out: jax.Array, x: jax.Array) -> jax.Array:
         """ReLU(out + shortcut); the shortcut is a strided 1x1 conv + BN when shapes change."""
         features = out.shape[-1]
         if self.stride != 1 or x.shape[-1] != features:
-            x = self._bn("downsample_1")(_conv(features, 1, self.stride, "downsample_0")(x))
+            x = self._bn("downsample_1")(self._conv(features, 1, self.stride, "downsample_0")(x))
         return nn.relu(out + x)
 
 
@@ -117,8 +134,8 @@ class BasicBlock(_ResidualBlock):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        out = nn.relu(self._bn("bn1")(_conv(self.width, 3, self.stride, "conv1")(x)))
-        out = self._bn("bn2")(_conv(self.width, 3, 1, "conv2")(out))
+        out = nn.relu(self._bn("bn1")(self._conv(self.width, 3, self.stride, "conv1")(x)))
+        out = self._bn("bn2")(self._conv(self.width, 3, 1, "conv2")(out))
         return self._add_shortcut(out, x)
 
 
@@ -127,10 +144,10 @@ class Bottleneck(_ResidualBlock):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        out = nn.relu(self._bn("bn1")(_conv(self.width, 1, 1, "conv1")(x)))
+        out = nn.relu(self._bn("bn1")(self._conv(self.width, 1, 1, "conv1")(x)))
         # torchvision puts the stride on the 3x3 conv (ResNet v1.5), not on the first 1x1.
-        out = nn.relu(self._bn("bn2")(_conv(self.width, 3, self.stride, "conv2")(out)))
-        out = self._bn("bn3")(_conv(self.width * _BOTTLENECK_EXPANSION, 1, 1, "conv3")(out))
+        out = nn.relu(self._bn("bn2")(self._conv(self.width, 3, self.stride, "conv2")(out)))
+        out = self._bn("bn3")(self._conv(self.width * _BOTTLENECK_EXPANSION, 1, 1, "conv3")(out))
         return self._add_shortcut(out, x)
 
 
@@ -158,8 +175,11 @@ class CMREncoder(nn.Module):
                 f"CMREncoder expects {cfg.in_channels} channels last (NHWC), got shape {x.shape}; "
                 "convert NCHW input with jaxecg.models.nchw_to_nhwc"
             )
-        x = _conv(64, 7, 2, "conv1")(x)
-        x = BatchNorm(use_running_average=not train, axis_name=cfg.bn_axis_name, name="bn1")(x)
+        dtypes = cfg.dtypes
+        x = _conv(64, 7, 2, "conv1", **dtypes)(x)
+        x = BatchNorm(
+            use_running_average=not train, axis_name=cfg.bn_axis_name, name="bn1", **dtypes
+        )(x)
         x = nn.relu(x)
         # torch MaxPool2d(3, 2, padding=1): reduce_window pads with -inf, never winning the max.
         x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
@@ -168,6 +188,11 @@ class CMREncoder(nn.Module):
             for j in range(num_blocks):
                 stride = 2 if stage > 0 and j == 0 else 1
                 x = block_cls(
-                    width, stride, train, cfg.bn_axis_name, name=f"layer{stage + 1}_{j}"
+                    width,
+                    stride,
+                    train,
+                    cfg.bn_axis_name,
+                    name=f"layer{stage + 1}_{j}",
+                    **dtypes,
                 )(x)
         return jnp.mean(x, axis=(1, 2))

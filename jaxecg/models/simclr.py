@@ -14,13 +14,13 @@ from typing import Any, ClassVar
 import jax
 from flax import linen as nn
 
-from jaxecg.config import Config
 from jaxecg.models.heads import HeadLayout, InitType, SimCLRProjectionHead
+from jaxecg.models.precision import PrecisionConfig, share_precision
 from jaxecg.models.resnet import CMREncoder, ResNetConfig
 
 
 @dataclasses.dataclass(frozen=True)
-class SimCLRConfig(Config):
+class SimCLRConfig(PrecisionConfig):
     """SimCLR model config.
 
     ``encoder``: the ResNet (its ``bn_axis_name`` also synchronises the projection head's
@@ -28,7 +28,8 @@ class SimCLRConfig(Config):
     the encoder's pooled dim. ``head_layout``: ``"lightly"`` (with BatchNorm, the reference's)
     or ``"legacy"`` (lightly 1.2, the published MMCL weights). ``temperature``: NT-Xent
     temperature; ``num_classes``/``init_strat``: the online :class:`LinearClassifier` trained
-    alongside (reference names kept).
+    alongside (reference names kept). ``dtype``/``param_dtype`` (see
+    :mod:`jaxecg.models.precision`) hold for the whole model; the encoder follows them.
     """
 
     encoder: ResNetConfig = ResNetConfig()
@@ -41,6 +42,9 @@ class SimCLRConfig(Config):
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         name: {"encoder": preset} for name, preset in ResNetConfig.PRESETS.items()
     }
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "encoder", share_precision(self, self.encoder))
 
 
 class SimCLR(nn.Module):
@@ -59,6 +63,7 @@ class SimCLR(nn.Module):
             output_dim=self.cfg.projection_dim,
             layout=self.cfg.head_layout,
             bn_axis_name=self.cfg.encoder.bn_axis_name,
+            **self.cfg.dtypes,
         )
 
     def encode(self, x: jax.Array, *, train: bool = False) -> jax.Array:

@@ -10,7 +10,7 @@ row-major grid order ``lead_row * (T / 100) + time_col``.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+import functools
 from typing import Any, ClassVar, Literal
 
 import flax.linen as nn
@@ -19,10 +19,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxecg.config import Config, ConfigError
-
-# (B, N, heads, head_dim) q, k, v -> (B, N, heads, head_dim); `scale` is a keyword.
-# jax.nn.dot_product_attention has this signature and can be passed directly.
-AttentionFn = Callable[..., jax.Array]
+from jaxecg.models.attention import (
+    AttentionBackend,
+    AttentionFn,
+    attend,
+    attention_probs,
+    resolve_attention,
+    softmax_attention,
+)
+from jaxecg.models.precision import PrecisionConfig
 
 LN_EPS = 1e-6
 
@@ -55,8 +60,15 @@ def check_rates(config: Config, *names: str) -> None:
 
 
 @dataclasses.dataclass(frozen=True)
-class ViTBackboneConfig(Config):
-    """Shape of a ViT over ECGs: ``img_size = (C, leads, T)``, ``patch_size = (p, q)``."""
+class ViTBackboneConfig(PrecisionConfig):
+    """Shape of a ViT over ECGs: ``img_size = (C, leads, T)``, ``patch_size = (p, q)``.
+
+    ``dtype``/``param_dtype``: see :mod:`jaxecg.models.precision`. ``attention``: the
+    attention kernel (:func:`~jaxecg.models.attention.resolve_attention`; ``auto`` is
+    cuDNN flash attention on a GPU in bf16/fp16, else the plain XLA softmax).
+    ``remat``: rematerialise each transformer block in the backward pass (activation
+    memory of one block instead of all, for one more forward per block).
+    """
 
     img_size: tuple[int, int, int] = (1, 12, 2500)
     patch_size: tuple[int, int] = (1, 100)
@@ -65,6 +77,8 @@ class ViTBackboneConfig(Config):
     num_heads: int = 6
     mlp_ratio: float = 4.0
     qkv_bias: bool = True
+    attention: AttentionBackend = "auto"
+    remat: bool = False
 
     def __post_init__(self) -> None:
         check_positive(self, "img_size", "patch_size", "embed_dim", "depth", "num_heads")
@@ -159,35 +173,14 @@ def prepare_ecg(
     return jnp.transpose(x, (0, 2, 3, 1)), had_channel
 
 
-def attention_probs(q: jax.Array, k: jax.Array, scale: float) -> jax.Array:
-    """Softmax attention weights ``(B, heads, Nq, Nk)`` of ``(B, N, heads, hd)`` q and k.
-
-    timm's order: ``softmax((q @ k^T) * scale)`` over the keys.
-    """
-    logits = jnp.einsum("bnhd,bmhd->bhnm", q, k) * scale
-    return jax.nn.softmax(logits, axis=-1)
-
-
-def attend(probs: jax.Array, v: jax.Array) -> jax.Array:
-    """Weights ``(B, heads, Nq, Nk)`` applied to ``(B, Nk, heads, hd)`` values -> ``(B, Nq, heads, hd)``."""
-    return jnp.einsum("bhnm,bmhd->bnhd", probs, v)
-
-
-def softmax_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, scale: float) -> jax.Array:
-    """Plain softmax attention materialising ``(B, heads, N, N)``; layout ``(B, N, heads, hd)``.
-
-    The default :data:`AttentionFn`; a blocked or fused kernel with this signature
-    (e.g. ``jax.nn.dot_product_attention``) can replace it.
-    """
-    return attend(attention_probs(q, k, scale), v)
-
-
 class PatchEmbed(nn.Module):
     """Conv with kernel = stride = patch over NHWC ``(B, leads, T, C)`` -> ``(B, N, D)``."""
 
     patch_size: tuple[int, int]
     embed_dim: int
     kernel_init: nn.initializers.Initializer = nn.initializers.xavier_uniform()
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -197,6 +190,8 @@ class PatchEmbed(nn.Module):
             strides=self.patch_size,
             padding="VALID",
             kernel_init=self.kernel_init,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
             name="proj",
         )(x)
         batch, grid_h, grid_w, dim = x.shape
@@ -213,6 +208,8 @@ class Attention(nn.Module):
     proj_drop: float = 0.0
     attention_fn: AttentionFn = softmax_attention
     kernel_init: nn.initializers.Initializer = nn.initializers.xavier_uniform()
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(
@@ -225,7 +222,10 @@ class Attention(nn.Module):
         """
         batch, tokens, dim = x.shape
         head_dim = dim // self.num_heads
-        qkv = nn.Dense(3 * dim, use_bias=self.qkv_bias, kernel_init=self.kernel_init, name="qkv")(x)
+        dense = functools.partial(
+            nn.Dense, kernel_init=self.kernel_init, dtype=self.dtype, param_dtype=self.param_dtype
+        )
+        qkv = dense(3 * dim, use_bias=self.qkv_bias, name="qkv")(x)
         qkv = qkv.reshape(batch, tokens, 3, self.num_heads, head_dim)
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
         scale = head_dim**-0.5
@@ -237,9 +237,7 @@ class Attention(nn.Module):
             out = attend(probs, v)
         else:
             out = self.attention_fn(q, k, v, scale=scale)
-        out = nn.Dense(dim, kernel_init=self.kernel_init, name="proj")(
-            out.reshape(batch, tokens, dim)
-        )
+        out = dense(dim, name="proj")(out.reshape(batch, tokens, dim))
         out = nn.Dropout(self.proj_drop, deterministic=not train)(out)
         return (out, probs) if return_attn else out
 
@@ -250,28 +248,44 @@ class Mlp(nn.Module):
     hidden_dim: int
     drop: float = 0.0
     kernel_init: nn.initializers.Initializer = nn.initializers.xavier_uniform()
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         out_dim = x.shape[-1]
-        x = nn.Dense(self.hidden_dim, kernel_init=self.kernel_init, name="fc1")(x)
+        dense = functools.partial(
+            nn.Dense, kernel_init=self.kernel_init, dtype=self.dtype, param_dtype=self.param_dtype
+        )
+        x = dense(self.hidden_dim, name="fc1")(x)
         # torch nn.GELU() is the erf form; jax.nn.gelu defaults to the tanh approximation.
         x = jax.nn.gelu(x, approximate=False)
         x = nn.Dropout(self.drop, deterministic=not train)(x)
-        x = nn.Dense(out_dim, kernel_init=self.kernel_init, name="fc2")(x)
+        x = dense(out_dim, name="fc2")(x)
         return nn.Dropout(self.drop, deterministic=not train)(x)
 
 
-def layer_norm(name: str | None = None) -> nn.LayerNorm:
-    """timm's ``LayerNorm(eps=1e-6)``: two-pass variance, like torch (not E[x^2] - E[x]^2)."""
-    return nn.LayerNorm(epsilon=LN_EPS, use_fast_variance=False, name=name)
+def layer_norm(
+    name: str | None = None, *, dtype: Any = None, param_dtype: Any = jnp.float32
+) -> nn.LayerNorm:
+    """timm's ``LayerNorm(eps=1e-6)``: two-pass variance, like torch (not E[x^2] - E[x]^2).
+
+    Flax computes the statistics and the normalisation in at least fp32 and only casts
+    the result to ``dtype``.
+    """
+    return nn.LayerNorm(
+        epsilon=LN_EPS, use_fast_variance=False, dtype=dtype, param_dtype=param_dtype, name=name
+    )
 
 
 class Block(nn.Module):
     """Pre-norm transformer block: ``x + attn(norm1(x))`` then ``x + mlp(norm2(x))``.
 
     ``drop`` is timm's ``drop_rate`` (attention projection and MLP dropout),
-    ``drop_path`` the stochastic-depth rate of this block.
+    ``drop_path`` the stochastic-depth rate of this block. The residual sums stay in
+    the stream's dtype (fp32: the fp32 position embedding promotes it) while the
+    branches compute in ``dtype``. ``train``/``return_attn`` may be positional, as
+    :func:`block_class`'s rematerialised version needs them static.
     """
 
     num_heads: int
@@ -282,12 +296,15 @@ class Block(nn.Module):
     drop_path: float = 0.0
     attention_fn: AttentionFn = softmax_attention
     kernel_init: nn.initializers.Initializer = nn.initializers.xavier_uniform()
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(
-        self, x: jax.Array, *, train: bool = False, return_attn: bool = False
+        self, x: jax.Array, train: bool = False, return_attn: bool = False
     ) -> jax.Array | tuple[jax.Array, jax.Array]:
         dim = x.shape[-1]
+        dtypes = {"dtype": self.dtype, "param_dtype": self.param_dtype}
         # Stochastic depth: one keep/drop per sample, scaled by 1/keep, like timm DropPath.
         drop_path = nn.Dropout(
             self.drop_path, broadcast_dims=tuple(range(1, x.ndim)), deterministic=not train
@@ -300,16 +317,32 @@ class Block(nn.Module):
             attention_fn=self.attention_fn,
             kernel_init=self.kernel_init,
             name="attn",
-        )(layer_norm("norm1")(x), train=train, return_attn=return_attn)
+            **dtypes,
+        )(layer_norm("norm1", **dtypes)(x), train=train, return_attn=return_attn)
         probs = None
         if return_attn:
             attn, probs = attn
         x = x + drop_path(attn)
         mlp = Mlp(
-            int(dim * self.mlp_ratio), drop=self.drop, kernel_init=self.kernel_init, name="mlp"
+            int(dim * self.mlp_ratio),
+            drop=self.drop,
+            kernel_init=self.kernel_init,
+            name="mlp",
+            **dtypes,
         )
-        x = x + drop_path(mlp(layer_norm("norm2")(x), train=train))
+        x = x + drop_path(mlp(layer_norm("norm2", **dtypes)(x), train=train))
         return (x, probs) if return_attn else x
+
+
+# Block.__call__(self, x, train, return_attn): the two flags are static for jax.checkpoint.
+_REMAT_BLOCK = nn.remat(Block, static_argnums=(2, 3))
+
+
+def block_class(remat: bool) -> type[Block]:
+    """:class:`Block`, or with ``remat`` its ``nn.remat`` version (same parameters, outputs
+    and gradients; the block's activations are recomputed in the backward pass). Call it
+    with ``train``/``return_attn`` positional."""
+    return _REMAT_BLOCK if remat else Block
 
 
 class AttentionPool(nn.Module):
@@ -320,22 +353,24 @@ class AttentionPool(nn.Module):
     """
 
     num_heads: int
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, query: jax.Array, tokens: jax.Array) -> jax.Array:
         batch, n_query, dim = query.shape
         head_dim = dim // self.num_heads
-        init = nn.initializers.xavier_uniform()
+        dense = functools.partial(nn.Dense, dim, dtype=self.dtype, param_dtype=self.param_dtype)
 
         def heads(y: jax.Array, name: str) -> jax.Array:
-            y = nn.Dense(dim, kernel_init=init, name=name)(y)
+            y = dense(kernel_init=nn.initializers.xavier_uniform(), name=name)(y)
             return y.reshape(batch, y.shape[1], self.num_heads, head_dim)
 
         # torch MHA scales q before q @ k^T (timm scales the product; same up to rounding).
         q = heads(query, "q_proj") * head_dim**-0.5
         probs = attention_probs(q, heads(tokens, "k_proj"), 1.0)
         out = attend(probs, heads(tokens, "v_proj"))
-        return nn.Dense(dim, name="out_proj")(out.reshape(batch, n_query, dim))
+        return dense(name="out_proj")(out.reshape(batch, n_query, dim))
 
 
 class ECGEncoder(nn.Module):
@@ -343,45 +378,51 @@ class ECGEncoder(nn.Module):
 
     The pos-embed is learned (``(1, 1 + N, D)``). ``localized=True`` returns the patch
     tokens after the last block with no norm at all. The reference's unused
-    ``head`` Linear(D, 2) is not part of this module.
+    ``head`` Linear(D, 2) is not part of this module. ``attention_fn`` overrides the
+    config's ``attention`` backend.
     """
 
     config: ViTConfig
-    attention_fn: AttentionFn = softmax_attention
+    attention_fn: AttentionFn | None = None
 
     def setup(self) -> None:
         cfg = self.config
+        dtypes = cfg.dtypes
+        attention_fn = self.attention_fn or resolve_attention(cfg.attention, cfg.dtype)
         kernel_init = nn.initializers.truncated_normal(0.02)  # timm ViT init of Linear weights
-        self.patch_embed = PatchEmbed(cfg.patch_size, cfg.embed_dim)
+        self.patch_embed = PatchEmbed(cfg.patch_size, cfg.embed_dim, **dtypes)
         self.cls_token = self.param(
-            "cls_token", nn.initializers.normal(0.02), (1, 1, cfg.embed_dim)
+            "cls_token", nn.initializers.normal(0.02), (1, 1, cfg.embed_dim), cfg.param_dtype
         )
         self.pos_embed = self.param(
             "pos_embed",
             nn.initializers.truncated_normal(0.02),
             (1, 1 + cfg.num_patches, cfg.embed_dim),
+            cfg.param_dtype,
         )
         self.pos_drop = nn.Dropout(cfg.drop_rate)
         rates = np.linspace(0.0, cfg.drop_path_rate, cfg.depth)  # timm's per-block drop-path
+        block = block_class(cfg.remat)
         self.blocks = [
-            Block(
+            block(
                 cfg.num_heads,
                 mlp_ratio=cfg.mlp_ratio,
                 qkv_bias=cfg.qkv_bias,
                 drop=cfg.drop_rate,
                 attn_drop=cfg.attn_drop_rate,
                 drop_path=float(rate),
-                attention_fn=self.attention_fn,
+                attention_fn=attention_fn,
                 kernel_init=kernel_init,
+                **dtypes,
             )
             for rate in rates
         ]
         if cfg.global_pool == "attention_pool":
-            self.attention_pool = AttentionPool(cfg.num_heads)
+            self.attention_pool = AttentionPool(cfg.num_heads, **dtypes)
         if cfg.global_pool == "token":
-            self.norm = layer_norm()
+            self.norm = layer_norm(**dtypes)
         else:
-            self.fc_norm = layer_norm()
+            self.fc_norm = layer_norm(**dtypes)
 
     def embed_patches(self, x: Any) -> jax.Array:
         """Validated ECG -> patch tokens plus their pos-embed ``(B, N, D)`` (no cls yet)."""
@@ -400,8 +441,8 @@ class ECGEncoder(nn.Module):
         )
         x = self.pos_drop(jnp.concatenate([cls, tokens], axis=1), deterministic=not train)
         for block in self.blocks[:-1]:
-            x = block(x, train=train)
-        return self.blocks[-1](x, train=train, return_attn=return_attn)
+            x = block(x, train)
+        return self.blocks[-1](x, train, return_attn)
 
     def pool(self, x: jax.Array) -> jax.Array:
         """``(B, 1 + N', D) -> (B, D)`` by ``global_pool`` (the cls token is never pooled)."""
