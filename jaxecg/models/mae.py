@@ -191,7 +191,7 @@ class MAE(nn.Module):
         cls = jnp.broadcast_to(self.cls_token + pos_embed[:, :1], (x.shape[0], 1, x.shape[-1]))
         x = jnp.concatenate([cls, x], axis=1)
         for block in self.blocks:
-            x = block(x, train)
+            x = block(x, train, False)
         normed = self.norm(x)  # always evaluated so `norm` params exist in both modes
         latent = zero_normalize(x) if cfg.lit_mae_norm else normed
         return latent, masked.mask, masked.ids_restore
@@ -208,7 +208,7 @@ class MAE(nn.Module):
         x = jnp.concatenate([x[:, :1], unshuffled], axis=1)
         x = x + sincos_pos_embed_f32(cfg.decoder_embed_dim, cfg.grid_size)
         for block in self.decoder_blocks:
-            x = block(x, train)
+            x = block(x, train, False)
         # The loss compares the prediction with the fp32 input: it leaves the model in fp32.
         return self.decoder_pred(self.decoder_norm(x))[:, 1:].astype(jnp.float32)
 

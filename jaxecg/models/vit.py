@@ -341,7 +341,7 @@ _REMAT_BLOCK = nn.remat(Block, static_argnums=(2, 3))
 def block_class(remat: bool) -> type[Block]:
     """:class:`Block`, or with ``remat`` its ``nn.remat`` version (same parameters, outputs
     and gradients; the block's activations are recomputed in the backward pass). Call it
-    with ``train``/``return_attn`` positional."""
+    as ``block(x, train, return_attn)``: the remat version needs both flags, positional."""
     return _REMAT_BLOCK if remat else Block
 
 
@@ -441,7 +441,7 @@ class ECGEncoder(nn.Module):
         )
         x = self.pos_drop(jnp.concatenate([cls, tokens], axis=1), deterministic=not train)
         for block in self.blocks[:-1]:
-            x = block(x, train)
+            x = block(x, train, False)
         return self.blocks[-1](x, train, return_attn)
 
     def pool(self, x: jax.Array) -> jax.Array:

@@ -75,7 +75,9 @@ class TrainConfig(Config):
     ``eval_every``/``checkpoint_every``: in steps; ``None`` means once per epoch,
     ``0`` never (a final checkpoint is still written). ``stop_after`` ends this
     invocation after that many total steps without changing the schedule (a
-    time-boxed job that a later ``--resume`` continues).
+    time-boxed job that a later ``--resume`` continues). ``mixed_precision``: the
+    model computes in bf16 (its ``dtype``), parameters and optimiser state stay fp32.
+    ``remat``: rematerialise the transformer blocks (the model's ``remat``).
     """
 
     workdir: str = "runs/default"
@@ -92,6 +94,7 @@ class TrainConfig(Config):
     log_every: int = 1
     seed: int = 0
     mixed_precision: bool = False
+    remat: bool = False
     stop_after: int | None = None
     progress_bar: bool = True
 

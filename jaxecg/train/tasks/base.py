@@ -16,11 +16,11 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxecg.config import Config
+from jaxecg.config import Config, ConfigError
+from jaxecg.models.precision import DEFAULT_DTYPE, with_precision
 from jaxecg.train.optim import make_schedule
 
 if TYPE_CHECKING:
@@ -36,10 +36,25 @@ class Task(abc.ABC):
     def __init__(self, cfg: ExperimentConfig) -> None:
         self.cfg = cfg
 
-    @property
-    def compute_dtype(self) -> jnp.dtype:
-        """Activations' dtype: bf16 under ``train.mixed_precision`` (params stay fp32)."""
-        return jnp.bfloat16 if self.cfg.train.mixed_precision else jnp.float32
+    def model_config(self) -> Config:
+        """``cfg.model`` as the run builds it: ``train.mixed_precision`` sets its compute
+        ``dtype`` to bf16 (parameters keep ``param_dtype``), ``train.remat`` its ``remat``."""
+        model, train = self.cfg.model, self.cfg.train
+        if train.mixed_precision:
+            if model.dtype not in (DEFAULT_DTYPE, "bfloat16"):
+                raise ConfigError(
+                    f"train.mixed_precision=true computes in bfloat16, but model.dtype is "
+                    f"{model.dtype!r}; drop one of the two"
+                )
+            model = with_precision(model, dtype="bfloat16")
+        if train.remat:
+            if not hasattr(model, "remat"):
+                raise ConfigError(
+                    f"train.remat=true: task {self.cfg.task}'s {type(model).__name__} has no "
+                    "transformer blocks to rematerialise"
+                )
+            model = dataclasses.replace(model, remat=True)
+        return model
 
     def main_schedule(
         self, steps_per_epoch: int, total_steps: int | None

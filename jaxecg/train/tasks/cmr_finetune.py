@@ -44,7 +44,7 @@ class CMRFinetuneTask(Task):
 
     def __init__(self, cfg: ExperimentConfig) -> None:
         super().__init__(cfg)
-        self.model_cfg: CMRClassifierConfig = cfg.model
+        self.model_cfg: CMRClassifierConfig = self.model_config()
         self.model = CMRClassifier(self.model_cfg)
 
     def datasets(self):
@@ -63,7 +63,6 @@ class CMRFinetuneTask(Task):
 
     def _logits(self, params, batch_stats, images, train: bool):
         variables = {"params": params, "batch_stats": batch_stats}
-        images = images.astype(self.compute_dtype)
         if not train:
             return self.model.apply(variables, images, train=False), batch_stats
         logits, updates = self.model.apply(variables, images, train=True, mutable=["batch_stats"])

@@ -59,7 +59,7 @@ class ECGFinetuneTask(Task):
 
     def __init__(self, cfg: ExperimentConfig) -> None:
         super().__init__(cfg)
-        self.model_cfg: ECGClassifierConfig = cfg.model
+        self.model_cfg: ECGClassifierConfig = self.model_config()
         self.loss_cfg: ECGLossConfig = cfg.loss
         check_time_steps(cfg.data.augment.time_steps, self.model_cfg.img_size)
         pos_weight = self.loss_cfg.pos_weight
@@ -82,7 +82,7 @@ class ECGFinetuneTask(Task):
 
     def init_variables(self, rng: jax.Array, batch: Batch) -> dict[str, PyTree]:
         x = ecg_augment_batch(rng, batch["ecg"], self.cfg.data.augment, False)
-        params = self.model.init(rng, x.astype(self.compute_dtype))["params"]
+        params = self.model.init(rng, x)["params"]
         return {"params": params, "batch_stats": {}}
 
     def optimizer(self, params: PyTree, *, steps_per_epoch: int, total_steps: int | None):
@@ -109,7 +109,7 @@ class ECGFinetuneTask(Task):
         x = ecg_augment_batch(k_aug, batch["ecg"], self.cfg.data.augment, True)
         logits = self.model.apply(
             {"params": params},
-            x.astype(self.compute_dtype),
+            x,
             train=True,
             rngs={"dropout": k_drop, "masking": k_mask},
         )
@@ -118,7 +118,7 @@ class ECGFinetuneTask(Task):
 
     def eval_outputs(self, params, batch_stats, batch, rng):
         x = ecg_augment_batch(rng, batch["ecg"], self.cfg.data.augment, False)
-        logits = self.model.apply({"params": params}, x.astype(self.compute_dtype), train=False)
+        logits = self.model.apply({"params": params}, x, train=False)
         loss = self._loss_of(logits, batch["label"])
         return {"loss": loss[None], "logits": logits.astype(jnp.float32), "label": batch["label"]}
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from jaxecg.config import Config, ConfigError
@@ -43,7 +42,7 @@ class MAETask(Task):
 
     def __init__(self, cfg: ExperimentConfig) -> None:
         super().__init__(cfg)
-        self.model_cfg: MAEConfig = cfg.model
+        self.model_cfg: MAEConfig = self.model_config()
         check_time_steps(cfg.data.augment.time_steps, self.model_cfg.img_size)
         self.model = MAE(self.model_cfg)
 
@@ -51,7 +50,7 @@ class MAETask(Task):
         return ecg_datasets(self.cfg.data)
 
     def _crops(self, rng: jax.Array, ecg: jax.Array, train: bool) -> jax.Array:
-        return ecg_augment_batch(rng, ecg, self.cfg.data.augment, train).astype(self.compute_dtype)
+        return ecg_augment_batch(rng, ecg, self.cfg.data.augment, train)
 
     def init_variables(self, rng: jax.Array, batch: Batch) -> dict[str, PyTree]:
         k_params, k_mask = jax.random.split(rng)
@@ -69,8 +68,7 @@ class MAETask(Task):
         k_aug, k_mask = jax.random.split(rng)
         x = self._crops(k_aug, batch["ecg"], train)
         out = self.model.apply({"params": params}, x, train=train, rngs={"masking": k_mask})
-        loss = out.loss.astype(jnp.float32)
-        return loss, ncc(x.astype(jnp.float32), out.reconstruction.astype(jnp.float32))
+        return out.loss, ncc(x, out.reconstruction)
 
     def loss(self, params, batch_stats, batch, rng):
         loss, corr = self._forward(params, batch, rng, train=True)

@@ -56,9 +56,11 @@ class SimCLRTask(Task):
 
     def __init__(self, cfg: ExperimentConfig) -> None:
         super().__init__(cfg)
-        self.model_cfg: SimCLRConfig = cfg.model
+        self.model_cfg: SimCLRConfig = self.model_config()
         self.model = SimCLR(self.model_cfg)
-        self.classifier = LinearClassifier(self.model_cfg.num_classes, self.model_cfg.init_strat)
+        self.classifier = LinearClassifier(
+            self.model_cfg.num_classes, self.model_cfg.init_strat, **self.model_cfg.dtypes
+        )
 
     def datasets(self):
         return cmr_datasets(self.cfg.data, num_classes=self.model_cfg.num_classes)
@@ -106,7 +108,6 @@ class SimCLRTask(Task):
 
     def _objectives(self, params, batch_stats, batch, rng, train: bool):
         view0, view1 = cmr_contrastive_views_batch(rng, batch["image"], self.cfg.data.augment)
-        view0, view1 = view0.astype(self.compute_dtype), view1.astype(self.compute_dtype)
         # Each view is its own forward pass, so BatchNorm sees per-view batches as in the reference.
         (z0, h0), batch_stats = self._embed(params["model"], batch_stats, view0, train)
         (z1, _), batch_stats = self._embed(params["model"], batch_stats, view1, train)
