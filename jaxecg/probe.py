@@ -154,6 +154,28 @@ def fit_probe(
 # ---------------------------------------------------------------------------- the run
 
 
+def _features(
+    extract: BatchedFeatures, records: Records, desc: str, progress: bool
+) -> tuple[np.ndarray, list[Any]]:
+    """``((N, D) features, N labels)`` of every record, with a progress bar."""
+    import tqdm
+
+    rows, labels = [], []
+    with tqdm.tqdm(
+        total=len(records),
+        unit="record",
+        desc=desc,
+        disable=not progress,
+        file=sys.stderr,
+        dynamic_ncols=True,
+    ) as bar:
+        for batch_features, batch_labels in extract.batches(records, 0, len(records)):
+            rows.append(batch_features)
+            labels += batch_labels
+            bar.update(len(batch_labels))
+    return np.concatenate(rows), labels
+
+
 def check_out(out: Path) -> None:
     """A finished probe's result is never overwritten."""
     if (out / RESULT).exists():
@@ -175,34 +197,16 @@ def probe(
 ) -> dict[str, Any]:
     """Run the linear probe of ``encoder`` on ``data`` and write ``out/probe.json``;
     returns its content."""
-    import tqdm
-
     out = Path(out)
     check_out(out)
     if not c_grid or min(c_grid) <= 0:
         raise UsageError(f"--c values must be positive, got {list(c_grid)}")
     records = split_records(data, num_train=num_train, num_eval=num_eval, seed=data_seed)
     extract = BatchedFeatures(encoder, batch_size=batch_size)
-    features, raw_labels = {}, {}
+    features, labels, kinds = {}, {}, set()
     for split, split_set in records.items():
-        rows, values = [], []
-        with tqdm.tqdm(
-            total=len(split_set),
-            unit="record",
-            desc=f"features {split}",
-            disable=not progress,
-            file=sys.stderr,
-            dynamic_ncols=True,
-        ) as bar:
-            for batch_features, batch_labels in extract.batches(split_set, 0, len(split_set)):
-                rows.append(batch_features)
-                values += batch_labels
-                bar.update(len(batch_labels))
-        features[split] = np.concatenate(rows)
-        raw_labels[split] = values
-    labels, kinds = {}, set()
-    for split in SPLITS:
-        labels[split], multilabel = _labels(raw_labels[split], split)
+        features[split], values = _features(extract, split_set, f"features {split}", progress)
+        labels[split], multilabel = _labels(values, split)
         kinds.add(multilabel)
     if len(kinds) != 1:
         raise DataError(f"{data}: splits mix class ids and target vectors")
