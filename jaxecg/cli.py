@@ -9,6 +9,8 @@ from __future__ import annotations
 import importlib
 import sys
 
+from jaxecg import __version__
+
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("jaxecg.train.cli", "pretrain or fine-tune from a YAML config"),
     "embed": ("jaxecg.embed", "write embeddings of a dataset with a pretrained encoder"),
@@ -18,7 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 
 def _usage() -> str:
-    lines = ["usage: jaxecg COMMAND [args...]", "", "commands:"]
+    lines = ["usage: jaxecg COMMAND [args...] | --version | --help", "", "commands:"]
     lines += [f"  {name:<11} {help_}" for name, (_, help_) in COMMANDS.items()]
     lines += ["", "Run 'jaxecg COMMAND --help' for a command's options."]
     return "\n".join(lines)
@@ -29,6 +31,9 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
         return 0 if argv else 2
+    if argv[0] == "--version":
+        print(f"jaxecg {__version__}")
+        return 0
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
         print(f"jaxecg: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)

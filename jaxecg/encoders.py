@@ -74,13 +74,37 @@ class Encoder:
     ``params``: the variables pytree (``{"params": ...}``; the ResNet also carries
     ``"batch_stats"``, used read-only). ``kind``: ``"ecg"`` or ``"cmr"``. ``config``:
     the :class:`ViTConfig` or :class:`ResNetConfig`. ``image_size``: the square CMR
-    input size :meth:`preprocess` resizes to (``None`` for ECG).
+    input size :meth:`preprocess` resizes to (``None`` for ECG). ``source``: what it was
+    loaded from, for its ``repr`` (a one-line summary instead of every parameter).
     """
 
     kind: EncoderKind
     config: ViTConfig | ResNetConfig
     params: PyTree
     image_size: int | None = None
+    source: str | None = None
+
+    def __repr__(self) -> str:
+        sizes = (np.size(leaf) for leaf in jax.tree.leaves(self.params.get("params", {})))
+        fields = {
+            "kind": repr(self.kind),
+            "preset": None if self.preset is None else repr(self.preset),
+            "feature_dim": self.feature_dim,
+            "params": _count(sum(sizes)),
+            "image_size": self.image_size,
+            "source": None if self.source is None else repr(self.source),
+        }
+        shown = ", ".join(f"{k}={v}" for k, v in fields.items() if v is not None)
+        return f"Encoder({shown})"
+
+    @property
+    def preset(self) -> str | None:
+        """The preset whose architecture the config has (``None`` for a custom one)."""
+        presets = type(self.config).PRESETS.items()
+        matches = (
+            n for n, fs in presets if all(getattr(self.config, k) == v for k, v in fs.items())
+        )
+        return next(matches, None)
 
     @property
     def module(self) -> nn.Module:
@@ -167,7 +191,7 @@ def load_encoder(
     """
     # Only the encoder is kept, so a classifier file is read as fine-tuning reads it.
     model = load_model(source, kind=kind, preset=preset, seed=seed, mode="finetune", **overrides)
-    return as_encoder(model, image_size)
+    return dataclasses.replace(as_encoder(model, image_size), source=str(source))
 
 
 def load_model(
@@ -337,6 +361,14 @@ def as_encoder(model: LoadedModel, image_size: int | None = None) -> Encoder:
         encoder = Encoder("cmr", config, {"params": params, "batch_stats": stats}, size)
     _check_tree(encoder, model.kind)
     return encoder
+
+
+def _count(n: int) -> str:
+    """``5.4M``, ``12.3k``: a parameter count at a glance."""
+    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if n >= scale:
+            return f"{n / scale:.1f}{suffix}"
+    return str(n)
 
 
 # The MAE's encoder half besides its blocks; its pos_embed is the fixed table, added above.
