@@ -22,6 +22,8 @@ import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
+from jaxecg.errors import CheckpointError, ConfigError
+
 PyTree = Any
 
 
@@ -67,7 +69,9 @@ class Checkpointer:
         async_save: bool = True,
     ) -> None:
         if keep < 1 or keep_best < 0:
-            raise ValueError(f"need keep >= 1 and keep_best >= 0; got {keep}, {keep_best}")
+            raise ConfigError(
+                f"need train.keep_checkpoints >= 1 and train.keep_best >= 0; got {keep}, {keep_best}"
+            )
         self.directory = Path(directory).absolute()
         self.best_metric = best_metric
         preserve = [policies.LatestN(n=keep)]
@@ -127,7 +131,7 @@ class Checkpointer:
         """``(state, data_state, config)`` of ``step`` (default: latest) onto the target shardings."""
         step = self.latest_step() if step is None else step
         if step is None:
-            raise FileNotFoundError(f"no checkpoint to resume from in {self.directory}")
+            raise CheckpointError(f"no checkpoint to resume from in {self.directory}")
         snapshot = _IteratorSnapshot()
         restored = self._manager.restore(
             step,
@@ -138,6 +142,13 @@ class Checkpointer:
             ),
         )
         return restored["state"], snapshot.state, restored["config"]
+
+    def stored_config(self, step: int) -> dict[str, Any]:
+        """The experiment config saved with ``step`` (read alone, before any state exists)."""
+        restored = self._manager.restore(
+            step, args=ocp.args.Composite(config=ocp.args.JsonRestore())
+        )
+        return restored["config"]
 
     def wait(self) -> None:
         """Block until pending asynchronous saves are on disk."""

@@ -98,6 +98,25 @@ class TrainConfig(Config):
     stop_after: int | None = None
     progress_bar: bool = True
 
+    def __post_init__(self) -> None:
+        # Counts must be >= 1, intervals (0 = never) >= 0; None keeps the default.
+        minimum = {
+            "batch_size": 1,
+            "eval_batch_size": 1,
+            "steps": 1,
+            "eval_every": 0,
+            "eval_batches": 1,
+            "checkpoint_every": 0,
+            "keep_checkpoints": 1,
+            "keep_best": 0,
+            "log_every": 1,
+            "stop_after": 1,
+        }
+        for key, low in minimum.items():
+            value = getattr(self, key)
+            if value is not None and value < low:
+                raise ConfigError(f"train.{key} must be >= {low}, got {value}")
+
 
 @dataclasses.dataclass(frozen=True)
 class DistributedConfig(Config):

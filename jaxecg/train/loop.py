@@ -14,6 +14,7 @@ import dataclasses
 import itertools
 import json
 import math
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,9 +29,12 @@ import tqdm
 from jax.sharding import Mesh
 
 from jaxecg.data import make_loader
+from jaxecg.errors import TrainingError
+from jaxecg.interrupts import Interrupted, stop_requests
 from jaxecg.train import mesh as mesh_lib
 from jaxecg.train.checkpoint import Checkpointer, abstract_like
 from jaxecg.train.config import ExperimentConfig
+from jaxecg.train.resume import Resume, no_debris, resume_step, truncate_log
 from jaxecg.train.tasks import get_task
 from jaxecg.train.tasks.base import Batch, PyTree, Task
 
@@ -38,7 +42,7 @@ from jaxecg.train.tasks.base import Batch, PyTree, Task
 _EVAL_STREAM = 2**31 - 1
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(TrainingError):
     """The training loss became NaN/inf; the run stopped without checkpointing that state."""
 
 
@@ -138,18 +142,21 @@ class _MetricsLog:
     Process 0 writes ``metrics.jsonl`` and TensorBoard events; other processes
     write ``metrics.process<i>.jsonl`` so multi-host runs can be cross-checked.
     tensorboardX is used because it writes standard event files without
-    depending on TensorFlow.
+    depending on TensorFlow. Both are cut back to ``start`` (the restored step, 0 for
+    a fresh run), so a resumed run logs every step once.
     """
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, start: int) -> None:
         index = jax.process_index()
         name = "metrics.jsonl" if index == 0 else f"metrics.process{index}.jsonl"
+        truncate_log(workdir / name, start)
         self._file = (workdir / name).open("a")
         self._tb = None
         if index == 0:
             from tensorboardX import SummaryWriter
 
-            self._tb = SummaryWriter(str(workdir / "tensorboard"))
+            # purge_step: TensorBoard hides the earlier events from this step on.
+            self._tb = SummaryWriter(str(workdir / "tensorboard"), purge_step=start + 1)
 
     def write(self, step: int, record: dict[str, float]) -> None:
         self._file.write(json.dumps({"step": step, **record}) + "\n")
@@ -293,16 +300,25 @@ def setup(
     )
 
 
-def train(cfg: ExperimentConfig, *, resume: bool = False) -> dict[str, Any]:
+def train(cfg: ExperimentConfig, *, resume: Resume = False) -> dict[str, Any]:
     """Run ``cfg`` to ``train.steps`` (or ``stop_after``); returns the last logged metrics.
 
-    ``resume`` continues from the newest checkpoint in ``<workdir>/checkpoints``
-    (model, optimiser, step and input-pipeline position).
+    ``resume=True`` continues from the newest checkpoint in ``<workdir>/checkpoints``
+    (model, optimiser, step and input-pipeline position) and ``"auto"`` does so when
+    there is one (see :mod:`jaxecg.train.resume`). SIGINT/SIGTERM finish the step in
+    flight, checkpoint it and raise :class:`~jaxecg.interrupts.Interrupted`.
     """
     mesh_lib.initialize_distributed(cfg.distributed)
     tcfg = cfg.train
     mesh_lib.check_batch_size(tcfg.batch_size, mesh_lib.make_mesh())
     workdir = Path(tcfg.workdir).absolute()
+    owner = jax.process_index() == 0
+    with stop_requests() as stop, no_debris(workdir, workdir / "checkpoints", owner=owner):
+        return _train(cfg, workdir, resume, stop)
+
+
+def _train(cfg: ExperimentConfig, workdir: Path, resume: Resume, stop: Any) -> dict[str, Any]:
+    tcfg = cfg.train
     workdir.mkdir(parents=True, exist_ok=True)
     checkpoints = Checkpointer(
         workdir / "checkpoints",
@@ -311,14 +327,9 @@ def train(cfg: ExperimentConfig, *, resume: bool = False) -> dict[str, Any]:
         best_metric=tcfg.best_metric,
         best_mode=tcfg.best_mode,
     )
-    if resume and checkpoints.latest_step() is None:
-        raise FileNotFoundError(f"--resume: no checkpoint in {workdir / 'checkpoints'}")
-    if not resume and checkpoints.latest_step() is not None:
-        raise ValueError(
-            f"{workdir / 'checkpoints'} already holds checkpoints; pass --resume to continue "
-            "that run or choose another train.workdir"
-        )
-    run = setup(cfg, restore=checkpoints if resume else None)
+    config_dict = cfg.to_dict()
+    restored = resume_step(checkpoints, config_dict, resume)
+    run = setup(cfg, restore=None if restored is None else checkpoints)
     state, train_iter = run.state, run.train_iter
 
     # --- loop
@@ -327,7 +338,14 @@ def train(cfg: ExperimentConfig, *, resume: bool = False) -> dict[str, Any]:
     total_steps = run.total_steps
     end = total_steps if tcfg.stop_after is None else min(total_steps, tcfg.stop_after)
     start = int(state.step)
-    log = _MetricsLog(workdir)
+    if restored is not None and jax.process_index() == 0:
+        print(f"resumed from step {start} ({checkpoints.directory})", file=sys.stderr, flush=True)
+    if mesh_lib.any_process(stop.requested):
+        checkpoints.close()
+        raise Interrupted(
+            f"stopped by {stop.name} during set-up, before step {start + 1}", stop.signum
+        )
+    log = _MetricsLog(workdir, start)
     bar = tqdm.tqdm(
         total=total_steps,
         initial=start,
@@ -335,7 +353,6 @@ def train(cfg: ExperimentConfig, *, resume: bool = False) -> dict[str, Any]:
         dynamic_ncols=True,
         disable=not tcfg.progress_bar or jax.process_index() != 0,
     )
-    config_dict = cfg.to_dict()
     eval_rng = jax.random.fold_in(run.seed_key, _EVAL_STREAM)
     record: dict[str, Any] = {}
     tick, tick_step = time.perf_counter(), start
@@ -368,13 +385,27 @@ def train(cfg: ExperimentConfig, *, resume: bool = False) -> dict[str, Any]:
                     lr=f"{host['lr']:.3g}",
                     samples_s=f"{record['samples_per_sec']:.1f}",
                 )
-            if ckpt_every and step % ckpt_every == 0 or eval_metrics is not None or step == end:
+            stopping = mesh_lib.any_process(stop.requested)
+            if (
+                ckpt_every
+                and step % ckpt_every == 0
+                or eval_metrics is not None
+                or step == end
+                or stopping
+            ):
                 checkpoints.save(
                     step,
                     state,
                     data_state=train_iter.get_state(),
                     config=config_dict,
                     metrics=eval_metrics,
+                )
+            if stopping:
+                checkpoints.wait()
+                raise Interrupted(
+                    f"stopped by {stop.name} after step {step}; saved checkpoint "
+                    f"{checkpoints.directory / str(step)} (continue with --resume)",
+                    stop.signum,
                 )
     finally:
         bar.close()

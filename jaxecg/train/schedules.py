@@ -15,6 +15,8 @@ import math
 import jax.numpy as jnp
 import optax
 
+from jaxecg.errors import ConfigError
+
 
 def warmup_cosine(
     base_lr: float,
@@ -32,7 +34,7 @@ def warmup_cosine(
     its restart branch at ``t = max_steps + 1`` lifts it onto the ``base_lr`` curve.
     """
     if max_steps <= warmup_steps:
-        raise ValueError(
+        raise ConfigError(
             f"max_steps must exceed warmup_steps; got max_steps={max_steps}, "
             f"warmup_steps={warmup_steps}"
         )
@@ -57,7 +59,7 @@ def warmup_cosine(
 def cosine(base_lr: float, max_steps: int, eta_min: float = 0.0) -> optax.Schedule:
     """torch ``CosineAnnealingLR(T_max=max_steps, eta_min)`` after ``t`` steps (closed form)."""
     if max_steps <= 0:
-        raise ValueError(f"max_steps must be positive; got {max_steps}")
+        raise ConfigError(f"max_steps must be positive; got {max_steps}")
 
     def schedule(count: jnp.ndarray) -> jnp.ndarray:
         t = jnp.asarray(count)
@@ -78,9 +80,9 @@ def schedule_steps(
     :func:`warmup_cosine`).
     """
     if steps_per_epoch <= 0:
-        raise ValueError(f"steps_per_epoch must be positive; got {steps_per_epoch}")
+        raise ConfigError(f"steps_per_epoch must be positive; got {steps_per_epoch}")
     if epochs <= 0 or warmup_epochs < 0 or warmup_epochs >= epochs:
-        raise ValueError(
+        raise ConfigError(
             f"need 0 <= warmup_epochs < epochs; got warmup_epochs={warmup_epochs}, epochs={epochs}"
         )
     if total_steps is None:

@@ -96,7 +96,7 @@ class Task(abc.ABC):
 
     def load_pretrained(self, variables: dict[str, PyTree], source: str) -> dict[str, PyTree]:
         """``variables`` with the pretrained part replaced by the weights at ``source``."""
-        raise ValueError(f"task {type(self).__name__} does not take pretrained_weights")
+        raise ConfigError(f"task {type(self).__name__} does not take pretrained_weights")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,6 +16,7 @@ import numpy as np
 
 from jaxecg.config import Config
 from jaxecg.data import cmr_train_view_batch
+from jaxecg.errors import ConfigError
 from jaxecg.models import CMRClassifier, CMRClassifierConfig, cmr_classifier_loss
 from jaxecg.scoring import classification_metrics
 from jaxecg.train.config import ExperimentConfig
@@ -91,7 +92,7 @@ class CMRFinetuneTask(Task):
     def load_pretrained(self, variables, source):
         loaded, kind = load_variables(source, "cmr_encoder", self.model_cfg.encoder)
         if kind not in _ENCODER_PATH:
-            raise ValueError(
+            raise ConfigError(
                 f"pretrained_weights {source!r} holds {kind!r}; expected one of {list(_ENCODER_PATH)}"
             )
 

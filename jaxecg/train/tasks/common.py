@@ -11,7 +11,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxecg.config import ConfigError
 from jaxecg.data import (
     ECG_CLASSES,
     ArraySource,
@@ -21,6 +20,7 @@ from jaxecg.data import (
     SyntheticECGSource,
     load_split,
 )
+from jaxecg.errors import CheckpointError, ConfigError, DataError
 from jaxecg.train.config import DataConfig
 from jaxecg.train.optim import path_names
 
@@ -55,7 +55,7 @@ def merge_pretrained(
         print(f"pretrained weights {source}: not used by this model: {', '.join(unknown)}")
         unknown = []
     if unknown or mismatched:
-        raise ValueError(
+        raise CheckpointError(
             f"pretrained weights {source!r} do not fit the model: "
             + "; ".join(
                 ([f"not in the model: {', '.join(unknown)}"] if unknown else [])
@@ -77,7 +77,7 @@ def load_variables(source: str, kind: str, config: Any) -> tuple[dict[str, PyTre
 
     path = Path(source)
     if not path.exists():
-        raise FileNotFoundError(f"pretrained_weights: {source!r} does not exist")
+        raise ConfigError(f"pretrained_weights: {source!r} does not exist")
     if path.is_dir():
         variables, stored_kind, _ = convert.restore(path)
         return variables, stored_kind
@@ -151,7 +151,7 @@ def _cmr_split(directory: str, split: str) -> ArraySource:
     files = {key: root / f"{split}_{key}.npy" for key in ("image", "label")}
     absent = [str(f) for f in files.values() if not f.is_file()]
     if absent:
-        raise ValueError(
+        raise DataError(
             f"data.source={directory!r}: a CMR dataset directory needs {split}_image.npy and "
             f"{split}_label.npy; missing {absent}"
         )

@@ -19,6 +19,7 @@ import optax
 
 from jaxecg.config import Config
 from jaxecg.data import cmr_contrastive_views_batch
+from jaxecg.errors import ConfigError
 from jaxecg.losses import nt_xent
 from jaxecg.losses.classification import cross_entropy
 from jaxecg.metrics import top_k_accuracy
@@ -165,7 +166,7 @@ class SimCLRTask(Task):
     def load_pretrained(self, variables, source):
         loaded, kind = load_variables(source, "simclr", self.model_cfg)
         if kind != "simclr":
-            raise ValueError(f"pretrained_weights {source!r} holds {kind!r}, not simclr weights")
+            raise ConfigError(f"pretrained_weights {source!r} holds {kind!r}, not simclr weights")
         return {
             "params": {
                 "model": merge_pretrained(
