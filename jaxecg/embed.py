@@ -16,6 +16,7 @@ Work is cut into chunks of ``--chunk-size`` records, each written atomically to
 ``DIR/chunks/`` as soon as it is done; an interrupted run started again with the
 same arguments skips the finished chunks, and the final files are assembled (and the
 chunks removed) only when every chunk exists, so a resumed run writes the same bytes.
+SIGINT/SIGTERM finish and write the chunk in flight, then stop (exit 130/143).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from jaxecg.errors import UsageError, run_command
+from jaxecg.interrupts import Interrupted, stop_requests
 
 FORMAT = "jaxecg.embeddings"
 VERSION = 1
@@ -313,15 +315,22 @@ def embed(
         file=sys.stderr,
         dynamic_ncols=True,
     )
-    try:
-        for computed, chunk in enumerate(todo):
-            if max_chunks is not None and computed >= max_chunks:
-                return False
-            start, stop = chunk * chunk_size, min((chunk + 1) * chunk_size, len(records))
-            chunk_rows = features(records, start, stop, on_batch=bar.update)
-            write_atomic(_chunk_path(out, chunk), functools.partial(_save_npy, chunk_rows))
-    finally:
-        bar.close()
+    with stop_requests() as stop_request:
+        try:
+            for computed, chunk in enumerate(todo):
+                if max_chunks is not None and computed >= max_chunks:
+                    return False
+                start, stop = chunk * chunk_size, min((chunk + 1) * chunk_size, len(records))
+                chunk_rows = features(records, start, stop, on_batch=bar.update)
+                write_atomic(_chunk_path(out, chunk), functools.partial(_save_npy, chunk_rows))
+                if stop_request.requested and chunk != todo[-1]:
+                    raise Interrupted(
+                        f"stopped by {stop_request.name} with {num_chunks - len(todo) + computed + 1}"
+                        f" of {num_chunks} chunks in {out}; run the same command again to finish",
+                        stop_request.signum,
+                    )
+        finally:
+            bar.close()
     _assemble(out, records, num_chunks)
     return True
 

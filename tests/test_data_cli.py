@@ -1,7 +1,9 @@
 """``jaxecg preprocess``: records + labels CSV → dataset; bad records reported and skipped."""
 
 import json
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -11,7 +13,7 @@ import numpy as np
 import pytest
 
 from jaxecg.cli import main as jaxecg_main
-from jaxecg.data import load_split, make_loader, preprocess_ecg, read_manifest
+from jaxecg.data import cli, load_split, make_loader, preprocess_ecg, read_manifest
 from jaxecg.data.synthetic import synthetic_ecg_record
 
 PTB_DIR = Path(__file__).resolve().parent / "data" / "ptb-s0010_re"
@@ -226,3 +228,24 @@ def test_failed_and_killed_preprocess_leave_nothing_that_blocks_the_retry(
     assert len(load_split(out, "train")) == 2
     assert not stale.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.csv", "ds", "good.csv"]
+
+
+def test_sigint_stops_preprocess_cleanly_and_the_rerun_completes(
+    records, tmp_path, capsys, monkeypatch
+):
+    job = cli._job
+
+    def job_then_ctrl_c(task):  # Ctrl-C while the first record is processed
+        os.kill(os.getpid(), signal.SIGINT)
+        return job(task)
+
+    monkeypatch.setattr(cli, "_job", job_then_ctrl_c)
+    out = tmp_path / "ds"
+    (tmp_path / "good.csv").write_text("record,label\nsyn0,0\nsyn1,1\n")
+    status, _, err = _preprocess(capsys, records, tmp_path / "good.csv", out)
+    assert status == 130
+    assert f"stopped by SIGINT after 1 of 2 records; nothing written to {out}" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["good.csv"]  # no --out, no partial
+    monkeypatch.undo()
+    status, stdout, _ = _preprocess(capsys, records, tmp_path / "good.csv", out)
+    assert status == 0 and "wrote 2 records" in stdout

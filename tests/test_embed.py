@@ -7,12 +7,15 @@ with a tiny random-init ViT (a preset plus ``--set`` overrides) and ResNet18.
 from __future__ import annotations
 
 import csv
+import os
+import signal
 
 import golden
 import jax
 import numpy as np
 import pytest
 
+import jaxecg.embed
 from jaxecg.data import DatasetWriter, synthetic_cmr_record, synthetic_ecg_record
 from jaxecg.embed import CHUNKS, EMBEDDINGS, INDEX, SIGNATURE, main
 from jaxecg.encoders import load_encoder
@@ -170,3 +173,24 @@ def test_cli_dispatches_embed_help(capsys) -> None:
         jaxecg_main(["embed", "--help"])
     assert exit_info.value.code == 0
     assert "usage: jaxecg embed" in capsys.readouterr().out
+
+
+def test_sigterm_writes_the_chunk_in_flight_and_the_rerun_completes(
+    complete, tmp_path, monkeypatch, capsys
+) -> None:
+    _, expected = complete
+    write = jaxecg.embed.write_atomic
+
+    def write_then_sigterm(path, contents):  # the cluster's SIGTERM during the first chunk
+        if path.parent.name == CHUNKS:
+            os.kill(os.getpid(), signal.SIGTERM)
+        write(path, contents)
+
+    monkeypatch.setattr(jaxecg.embed, "write_atomic", write_then_sigterm)
+    out = tmp_path / "out"
+    assert main([*ECG_ARGS, *RUN, "--out", str(out)]) == 143
+    assert f"stopped by SIGTERM with 1 of 3 chunks in {out}" in capsys.readouterr().err
+    assert len(list((out / CHUNKS).iterdir())) == 1 and not (out / EMBEDDINGS).exists()
+    monkeypatch.undo()
+    assert main([*ECG_ARGS, *RUN, "--out", str(out)]) == 0
+    assert {name: (out / name).read_bytes() for name in OUTPUTS} == expected

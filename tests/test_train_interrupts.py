@@ -3,7 +3,7 @@ exit 130/143; ``kill -9`` at random moments never loses a resumable state; every
 ends exactly where the uninterrupted run does, with each step logged once.
 
 The runs are children of a forkserver (see ``train_processes``): the tiny MAE, 20 steps
-of batch 4, compiled once into a persistent cache the children share.
+of batch 4, compiled once into the session's compilation cache.
 """
 
 import json
@@ -50,8 +50,8 @@ def purge_steps(workdir):
 
 
 @pytest.fixture(scope="module")
-def trainers(tmp_path_factory):
-    return Trainers(tmp_path_factory.mktemp("jax_cache"))
+def trainers():
+    return Trainers()
 
 
 @pytest.fixture(scope="module")

@@ -1,8 +1,9 @@
 """``jaxecg train`` in child processes that a test can signal or ``kill -9``, cheaply.
 
 Children fork from a multiprocessing forkserver that imported the training stack once
-(importing JAX and its libraries costs several seconds a process), and share a
-persistent compilation cache, so each start pays little more than the run's set-up.
+(importing JAX and its libraries costs seconds a process) and inherit the session's
+compilation cache (conftest's environment), so each start pays little more than the
+run's set-up (tracing and lowering its programs, restoring).
 Each child writes its stdout/stderr to its own log file.
 """
 
@@ -43,7 +44,7 @@ TINY = [
 ]
 
 
-def _child(argv: list[str], log: str, cache_dir: str) -> None:
+def _child(argv: list[str], log: str) -> None:
     """Runs in the child: output to ``log``, the test session's JAX settings, the CLI."""
     fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
     os.dup2(fd, 1)
@@ -51,21 +52,18 @@ def _child(argv: list[str], log: str, cache_dir: str) -> None:
     import jax
 
     jax.config.update("jax_default_matmul_precision", "highest")  # as conftest
-    jax.config.update("jax_compilation_cache_dir", cache_dir)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
     sys.exit(jaxecg.train.cli.main([str(CONFIG), *TINY, *argv]))
 
 
 class Trainers:
     """Starts ``jaxecg train`` children (the tiny MAE above plus ``argv``) and waits on them."""
 
-    def __init__(self, cache_dir: Path) -> None:
+    def __init__(self) -> None:
         self._ctx = multiprocessing.get_context("forkserver")
         self._ctx.set_forkserver_preload(PRELOAD)
-        self._cache_dir = str(cache_dir)
 
     def start(self, log: Path, *argv: str) -> multiprocessing.Process:
-        process = self._ctx.Process(target=_child, args=(list(argv), str(log), self._cache_dir))
+        process = self._ctx.Process(target=_child, args=(list(argv), str(log)))
         process.start()
         return process
 

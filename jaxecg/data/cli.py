@@ -32,6 +32,7 @@ from jaxecg.data.dataset import SPLITS, DatasetWriter
 from jaxecg.data.preprocess import FS, LEADS, LENGTH, preprocess_ecg
 from jaxecg.data.readers import check_rate, read_record
 from jaxecg.errors import DataError, UsageError, run_command
+from jaxecg.interrupts import Interrupted, ignore_in_worker, stop_requests
 from jaxecg.staging import StagedDirectory
 
 _SPLIT_ALIASES = {
@@ -339,13 +340,17 @@ def _run(tasks: list, workers: int) -> Iterator[tuple[np.ndarray | None, str | N
     if workers <= 1:
         return map(_job, tasks)
     # spawn, not fork: the parent has imported JAX, whose threads make fork unsafe.
-    executor = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"))
+    executor = ProcessPoolExecutor(
+        max_workers=workers, mp_context=mp.get_context("spawn"), initializer=ignore_in_worker
+    )
     return _shutdown_after(executor.map(_job, tasks, chunksize=4), executor)
 
 
 def _shutdown_after(results: Iterable, executor: ProcessPoolExecutor) -> Iterator:
-    with executor:
+    try:
         yield from results
+    finally:  # a stop leaves the queued records undone
+        executor.shutdown(cancel_futures=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -376,19 +381,29 @@ def _preprocess(args: argparse.Namespace) -> int:
             label_shape=plan.label_shape,
         )
         skipped = []
-        results = _run(tasks, args.workers)
-        for name, split, label, (ecg, error) in tqdm(
-            zip(plan.names, plan.splits, plan.labels, results),
-            total=len(plan.names),
-            desc="preprocess",
-            unit="record",
-            file=sys.stderr,
-        ):
-            if error is not None:
-                tqdm.write(f"skipped {name}: {error}", file=sys.stderr)
-                skipped.append({"record": name, "reason": error})
-            else:
-                writer.append(split, name, ecg, label)
+        with stop_requests() as stop:
+            results = _run(tasks, args.workers)
+            for done, (name, split, label, (ecg, error)) in enumerate(
+                tqdm(
+                    zip(plan.names, plan.splits, plan.labels, results),
+                    total=len(plan.names),
+                    desc="preprocess",
+                    unit="record",
+                    file=sys.stderr,
+                ),
+                start=1,
+            ):
+                if error is not None:
+                    tqdm.write(f"skipped {name}: {error}", file=sys.stderr)
+                    skipped.append({"record": name, "reason": error})
+                else:
+                    writer.append(split, name, ecg, label)
+                if stop.requested and done < len(plan.names):
+                    raise Interrupted(
+                        f"stopped by {stop.name} after {done} of {len(plan.names)} records; "
+                        f"nothing written to {args.out} (run the command again)",
+                        stop.signum,
+                    )
         manifest = writer.finish(
             {
                 "fs": FS,
