@@ -30,7 +30,7 @@ from jax.sharding import Mesh
 
 from jaxecg.data import make_loader
 from jaxecg.errors import TrainingError
-from jaxecg.interrupts import Interrupted, stop_requests
+from jaxecg.interrupts import Interrupted, StopRequest, stop_requests
 from jaxecg.train import mesh as mesh_lib
 from jaxecg.train.checkpoint import Checkpointer, abstract_like
 from jaxecg.train.config import ExperimentConfig
@@ -317,7 +317,9 @@ def train(cfg: ExperimentConfig, *, resume: Resume = False) -> dict[str, Any]:
         return _train(cfg, workdir, resume, stop)
 
 
-def _train(cfg: ExperimentConfig, workdir: Path, resume: Resume, stop: Any) -> dict[str, Any]:
+def _train(
+    cfg: ExperimentConfig, workdir: Path, resume: Resume, stop: StopRequest
+) -> dict[str, Any]:
     tcfg = cfg.train
     workdir.mkdir(parents=True, exist_ok=True)
     checkpoints = Checkpointer(
@@ -328,8 +330,12 @@ def _train(cfg: ExperimentConfig, workdir: Path, resume: Resume, stop: Any) -> d
         best_mode=tcfg.best_mode,
     )
     config_dict = cfg.to_dict()
-    restored = resume_step(checkpoints, config_dict, resume)
-    run = setup(cfg, restore=None if restored is None else checkpoints)
+    try:
+        restored = resume_step(checkpoints, config_dict, resume)
+        run = setup(cfg, restore=None if restored is None else checkpoints)
+    except BaseException:
+        checkpoints.close()
+        raise
     state, train_iter = run.state, run.train_iter
 
     # --- loop
