@@ -28,6 +28,13 @@ def rows(workdir):
     return [json.loads(line) for line in lines if line.endswith("}")]
 
 
+def inode(path):
+    try:
+        return path.stat().st_ino
+    except FileNotFoundError:
+        return None
+
+
 def saved_steps(workdir):
     ckpts = workdir / "checkpoints"
     if not ckpts.is_dir():
@@ -115,7 +122,7 @@ def test_sigint_then_sigterm_save_the_step_in_flight_and_resume_exactly(
 def test_kill_9_at_random_moments_and_resume_auto(trainers, reference, tmp_path, capsys):
     """20 ``kill -9`` at moments drawn from a seeded RNG within the observed run: half during
     start-up (restore, data, compilation from the cache; timed by the first attempt), half
-    within a few steps of the loop having started (steps, saves, log writes). The final
+    within a step of the loop having started (steps, saves, log writes). The final
     ``--resume auto`` ends with the uninterrupted run's numbers."""
     workdir = tmp_path / "run"
     # A failed set-up first (no such dataset) leaves nothing in the corrected command's way.
@@ -130,17 +137,24 @@ def test_kill_9_at_random_moments_and_resume_auto(trainers, reference, tmp_path,
     for attempt in range(20):
         log = tmp_path / f"attempt{attempt}.log"
         done = max(saved_steps(workdir), default=0)
+        stale = inode(workdir / "metrics.jsonl")
         began = time.monotonic()
         process = trainers.start(log, *argv)
+
+        def stepped(done=done, stale=stale):
+            # This attempt's rows: it rewrote the log (a new inode) and logged past ``done``.
+            fresh = inode(workdir / "metrics.jsonl") not in (None, stale)
+            return fresh and bool(rows(workdir)) and rows(workdir)[-1]["step"] > done
+
         if startup is None or (attempt % 2 == 0 and done <= STEPS - 6):
-            assert wait_for(lambda d=done: rows(workdir) and rows(workdir)[-1]["step"] > d, process)
+            assert wait_for(stepped, process)
             startup = startup or time.monotonic() - began
-            assert ("resumed from step" in log.read_text()) == (
-                done > 0
-            )  # auto: fresh, then resumes
-            time.sleep(rng.uniform(0, 3 * step_time))
-        else:
-            time.sleep(rng.uniform(0, startup))
+            assert ("resumed from step" in log.read_text()) == (done > 0)  # auto: fresh, resumes
+            time.sleep(rng.uniform(0, step_time))
+        else:  # before the first new step (at the latest as it is logged: saves come in pairs)
+            deadline = began + rng.uniform(0, startup)
+            while time.monotonic() < deadline and not stepped():
+                time.sleep(0.01)
         assert process.is_alive(), f"attempt {attempt} ended before its kill:\n{log.read_text()}"
         os.kill(process.pid, signal.SIGKILL)
         process.join()
