@@ -122,7 +122,7 @@ def test_sigint_then_sigterm_save_the_step_in_flight_and_resume_exactly(
 def test_kill_9_at_random_moments_and_resume_auto(trainers, reference, tmp_path, capsys):
     """20 ``kill -9`` at moments drawn from a seeded RNG within the observed run: half during
     start-up (restore, data, compilation from the cache; timed by the first attempt), half
-    within a step of the loop having started (steps, saves, log writes). The final
+    within a few steps of the attempt's first checkpoint (steps, saves, log writes). The final
     ``--resume auto`` ends with the uninterrupted run's numbers."""
     workdir = tmp_path / "run"
     # A failed set-up first (no such dataset) leaves nothing in the corrected command's way.
@@ -149,8 +149,11 @@ def test_kill_9_at_random_moments_and_resume_auto(trainers, reference, tmp_path,
         if startup is None or (attempt % 2 == 0 and done <= STEPS - 6):
             assert wait_for(stepped, process)
             startup = startup or time.monotonic() - began
-            assert ("resumed from step" in log.read_text()) == (done > 0)  # auto: fresh, resumes
-            time.sleep(rng.uniform(0, step_time))
+            resumed = re.search(r"resumed from step (\d+)", log.read_text())
+            assert (resumed and int(resumed.group(1))) == (done or None)  # auto: fresh, resumes
+            # Past this attempt's first checkpoint, into the next steps, saves and log writes.
+            assert wait_for(lambda done=done: max(saved_steps(workdir), default=0) > done, process)
+            time.sleep(rng.uniform(0, 3 * step_time))
         else:  # before the first new step (at the latest as it is logged: saves come in pairs)
             deadline = began + rng.uniform(0, startup)
             while time.monotonic() < deadline and not stepped():
@@ -160,6 +163,7 @@ def test_kill_9_at_random_moments_and_resume_auto(trainers, reference, tmp_path,
         process.join()
     log = tmp_path / "final.log"
     assert trainers.run(log, *argv) == 0, log.read_text()
+    assert "resumed from step" in log.read_text()
     assert_same_run(workdir, reference)
 
 
