@@ -102,10 +102,14 @@ class Config:
     """Base of all configs: ``preset``, ``replace``, ``to_dict``/``from_dict``.
 
     Subclasses are ``@dataclasses.dataclass(frozen=True)`` and may define
-    ``PRESETS: ClassVar[dict[str, dict]]`` mapping a preset name to field values.
+    ``PRESETS: ClassVar[dict[str, dict]]`` mapping a preset name to field values, and
+    ``RETIRED: ClassVar[dict[str, tuple[Any, str]]]`` mapping a removed option to its old
+    default and what to do instead: stored configs (checkpoints, ``convert.save``
+    directories) that carry it at that default still load; any other value is an error.
     """
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {}
+    RETIRED: ClassVar[dict[str, tuple[Any, str]]] = {}
 
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> Self:
@@ -127,6 +131,7 @@ class Config:
     @classmethod
     def from_dict(cls, data: dict[str, Any], *, _prefix: str = "") -> Self:
         """Build from a mapping, rejecting unknown keys and wrong types by name."""
+        data = _without_retired(cls, data, _prefix)
         hints = typing.get_type_hints(cls)
         fields = {f.name for f in dataclasses.fields(cls) if f.init}
         unknown = sorted(set(data) - fields)
@@ -137,6 +142,14 @@ class Config:
             )
         values = {k: _check_value(cls.__name__, _prefix + k, hints[k], v) for k, v in data.items()}
         return cls(**values)
+
+
+def _without_retired(cls: type[Config], data: dict[str, Any], prefix: str) -> dict[str, Any]:
+    """``data`` without the class's retired options, which must hold their old default."""
+    for key, (default, instead) in cls.RETIRED.items():
+        if key in data and data[key] != default:
+            raise ConfigError(f"{prefix + key!r} was removed: {instead}")
+    return {k: v for k, v in data.items() if k not in cls.RETIRED}
 
 
 def _unknown_key(prefix: str, key: str, fields: set[str]) -> str:

@@ -5,11 +5,11 @@ from pathlib import Path
 import pytest
 
 from jaxecg.config import ConfigError
-from jaxecg.models import CMRClassifierConfig, SimCLRConfig
+from jaxecg.models import CMRClassifierConfig, ResNetConfig, SimCLRConfig
 from jaxecg.models.ecg_classifier import ECGClassifierConfig
 from jaxecg.models.mae import MAEConfig
 from jaxecg.train.cli import main
-from jaxecg.train.config import apply_overrides, load_config, parse_value
+from jaxecg.train.config import OptimConfig, apply_overrides, load_config, parse_value
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -111,3 +111,15 @@ def test_unknown_override_names_the_path_as_written_with_a_close_match():
     assert "ExperimentConfig" not in message
     with pytest.raises(ConfigError, match=r"^model\.depth: expected int, got 'deep'$"):
         load_config(CONFIGS / "pretrain_mae_ecg.yaml", ["model.depth=deep"])
+
+
+def test_removed_options_say_what_to_use_and_stored_defaults_still_load():
+    with pytest.raises(ConfigError, match=r"'optim.freeze_encoder' was removed.*model\.freeze"):
+        load_config(CONFIGS / "finetune_cmr.yaml", ["optim.freeze_encoder=true"])
+    with pytest.raises(ConfigError, match="'model.encoder.bn_axis_name' was removed"):
+        load_config(CONFIGS / "pretrain_simclr_cmr.yaml", ["model.encoder.bn_axis_name=data"])
+    # A config stored before the removal (checkpoint, convert.save) holds the old defaults.
+    stored = {**ResNetConfig.preset("resnet18").to_dict(), "bn_axis_name": None}
+    assert ResNetConfig.from_dict(stored) == ResNetConfig.preset("resnet18")
+    assert OptimConfig.from_dict({"freeze_encoder": False}) == OptimConfig()
+    assert "freeze_encoder" not in OptimConfig().to_dict()

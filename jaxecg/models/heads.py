@@ -103,7 +103,6 @@ class SimCLRProjectionHead(nn.Module):
     hidden_dim: int
     output_dim: int = 128
     layout: HeadLayout = "lightly"
-    bn_axis_name: str | None = None
     dtype: Any = None
     param_dtype: Any = jnp.float32
 
@@ -119,9 +118,7 @@ class SimCLRProjectionHead(nn.Module):
             return torch_dense(self.output_dim, self.hidden_dim, name="layers_2", **dtypes)(x)
 
         def bn(name: str) -> BatchNorm:
-            return BatchNorm(
-                use_running_average=not train, axis_name=self.bn_axis_name, name=name, **dtypes
-            )
+            return BatchNorm(use_running_average=not train, name=name, **dtypes)
 
         # lightly drops the Linear biases when a BatchNorm follows (they would cancel).
         dense = functools.partial(torch_dense, use_bias=False, **dtypes)

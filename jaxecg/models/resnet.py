@@ -34,15 +34,18 @@ _conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 class ResNetConfig(PrecisionConfig):
     """ResNet encoder config: ``backbone`` ``"resnet18"`` (512 features) or ``"resnet50"`` (2048).
 
-    ``bn_axis_name``: mesh/pmap axis over which BatchNorm statistics are synchronised in
-    training (see :class:`~jaxecg.models.batchnorm.BatchNorm`); ``None`` keeps them per device.
+    Under ``jit`` with a sharded batch, BatchNorm sees the global batch without an axis name
+    (docs/reference.md#batchnorm); inside ``shard_map`` use ``BatchNorm(axis_name=...)``.
     ``dtype``/``param_dtype``: see :mod:`jaxecg.models.precision` (convolutions in ``dtype``,
     BatchNorm statistics and normalisation in fp32).
     """
 
     backbone: str = "resnet50"
     in_channels: int = 3
-    bn_axis_name: str | None = None
+
+    RETIRED: ClassVar[dict[str, tuple[Any, str]]] = {
+        "bn_axis_name": (None, "under jit BatchNorm already sees the global batch")
+    }
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         name: {"backbone": name} for name in _ARCHITECTURES
@@ -102,7 +105,6 @@ class _ResidualBlock(nn.Module):
     width: int
     stride: int
     train: bool
-    bn_axis_name: str | None = None
     dtype: Any = None
     param_dtype: Any = jnp.float32
 
@@ -111,12 +113,7 @@ class _ResidualBlock(nn.Module):
         return {"dtype": self.dtype, "param_dtype": self.param_dtype}
 
     def _bn(self, name: str) -> BatchNorm:
-        return BatchNorm(
-            use_running_average=not self.train,
-            axis_name=self.bn_axis_name,
-            name=name,
-            **self._dtypes,
-        )
+        return BatchNorm(use_running_average=not self.train, name=name, **self._dtypes)
 
     def _conv(self, features: int, kernel: int, stride: int, name: str) -> nn.Conv:
         return _conv(features, kernel, stride, name, **self._dtypes)
@@ -177,9 +174,7 @@ class CMREncoder(nn.Module):
             )
         dtypes = cfg.dtypes
         x = _conv(64, 7, 2, "conv1", **dtypes)(x)
-        x = BatchNorm(
-            use_running_average=not train, axis_name=cfg.bn_axis_name, name="bn1", **dtypes
-        )(x)
+        x = BatchNorm(use_running_average=not train, name="bn1", **dtypes)(x)
         x = nn.relu(x)
         # torch MaxPool2d(3, 2, padding=1): reduce_window pads with -inf, never winning the max.
         x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
@@ -187,12 +182,5 @@ class CMREncoder(nn.Module):
         for stage, (num_blocks, width) in enumerate(zip(cfg.stage_sizes, _STAGE_WIDTHS)):
             for j in range(num_blocks):
                 stride = 2 if stage > 0 and j == 0 else 1
-                x = block_cls(
-                    width,
-                    stride,
-                    train,
-                    cfg.bn_axis_name,
-                    name=f"layer{stage + 1}_{j}",
-                    **dtypes,
-                )(x)
+                x = block_cls(width, stride, train, name=f"layer{stage + 1}_{j}", **dtypes)(x)
         return jnp.mean(x, axis=(1, 2))

@@ -23,10 +23,9 @@ from jaxecg.models.resnet import CMREncoder, ResNetConfig
 class SimCLRConfig(PrecisionConfig):
     """SimCLR model config.
 
-    ``encoder``: the ResNet (its ``bn_axis_name`` also synchronises the projection head's
-    BatchNorms). ``projection_dim``: output of the projection head (128); its hidden size is
-    the encoder's pooled dim. ``head_layout``: ``"lightly"`` (with BatchNorm, the reference's)
-    or ``"legacy"`` (lightly 1.2, the published MMCL weights). ``temperature``: NT-Xent
+    ``encoder``: the ResNet. ``projection_dim``: output of the projection head (128); its
+    hidden size is the encoder's pooled dim. ``head_layout``: ``"lightly"`` (with BatchNorm,
+    the reference's) or ``"legacy"`` (lightly 1.2, the published MMCL weights). ``temperature``: NT-Xent
     temperature; ``num_classes``/``init_strat``: the online :class:`LinearClassifier` trained
     alongside (reference names kept). ``dtype``/``param_dtype`` (see
     :mod:`jaxecg.models.precision`) hold for the whole model; the encoder follows them.
@@ -62,7 +61,6 @@ class SimCLR(nn.Module):
             hidden_dim=self.cfg.encoder.pooled_dim,
             output_dim=self.cfg.projection_dim,
             layout=self.cfg.head_layout,
-            bn_axis_name=self.cfg.encoder.bn_axis_name,
             **self.cfg.dtypes,
         )
 

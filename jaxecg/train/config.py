@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any, Literal, Self
+from typing import Any, ClassVar, Literal, Self
 
 from jaxecg.config import Config, ConfigError, parse_value, read_yaml
 
@@ -65,7 +65,10 @@ class OptimConfig(Config):
     warmup_epochs: float = 0.0
     min_lr: float = 0.0
     warmup_start_lr: float = 0.0
-    freeze_encoder: bool = False
+
+    RETIRED: ClassVar[dict[str, tuple[Any, str]]] = {
+        "freeze_encoder": (False, "it was never read; use model.freeze_encoder")
+    }
 
 
 @dataclasses.dataclass(frozen=True)
