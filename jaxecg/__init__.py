@@ -22,6 +22,7 @@ __all__ = [
     "load_model",
     "losses",
     "models",
+    "probe",
     "train",
     "viz",
 ]

@@ -42,6 +42,17 @@ import jax
 jax.config.update("jax_default_matmul_precision", "highest")
 
 
+# Modules of minute-long tests (training runs, whole commands), scheduled first: with the
+# two xdist workers taking tests in collection order, the session then does not end with
+# one worker idle while the other finishes a long test. Any other module keeps its order.
+_LONG_MODULES = ("test_train_parallel", "test_train_e2e", "test_readme", "test_train_pretrained")
+
+
+def pytest_collection_modifyitems(items: list) -> None:
+    rank = {name: i for i, name in enumerate(_LONG_MODULES)}
+    items.sort(key=lambda item: rank.get(item.path.stem, len(rank)))
+
+
 def pytest_unconfigure(config) -> None:
     """The process that made the session's compilation cache removes it at the end."""
     if _OWN_CACHE:
