@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import scipy.stats
 from sklearn import metrics as skm
 
 # Bootstrap resamples behind ``auroc_macro_ci95`` (the PTB-XL benchmark's procedure).
@@ -78,6 +79,20 @@ def classification_metrics(
     return {"auroc": _macro_auroc(truth, probs), "f1": float(f1), "accuracy": accuracy}
 
 
+def rank_auroc(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """AUROC of each row of ``scores`` ``(S, n)`` against 0/1 ``labels`` ``(S, n)``.
+
+    The Mann-Whitney form (average ranks, so ties count one half), equal to scikit-learn's
+    ``roc_auc_score`` per row but vectorised: the bootstrap needs thousands of them.
+    Every row must hold both classes.
+    """
+    ranks = scipy.stats.rankdata(scores, axis=1)
+    positives = labels.sum(axis=1)
+    negatives = labels.shape[1] - positives
+    rank_sum = (ranks * labels).sum(axis=1)
+    return (rank_sum - positives * (positives + 1) / 2) / (positives * negatives)
+
+
 def bootstrap_auroc_ci(
     truth: np.ndarray,
     probs: np.ndarray,
@@ -89,28 +104,28 @@ def bootstrap_auroc_ci(
 
     As the PTB-XL benchmark does, a resample is kept only if every class that the whole
     split can score still has positives and negatives in it, so each resample averages
-    over the same classes as the point estimate.
+    over the same classes as the point estimate. (The benchmark's tables quote the 5-95 %
+    quantiles of 100 resamples; the key here says 95 %, so it is 2.5-97.5 % of ``samples``.)
     """
     scored = _scored_classes(truth)
     if not scored:
         return [float("nan"), float("nan")]
     rng = np.random.default_rng(seed)
-    values: list[float] = []
     n = len(truth)
-    for _ in range(100 * samples):  # bounded: a split this degenerate is reported as NaN
-        if len(values) == samples:
-            break
-        rows = rng.integers(0, n, n)
-        positives = truth[rows][:, scored].sum(axis=0)
-        if np.any(positives == 0) or np.any(positives == n):
-            continue
-        values.append(
-            float(np.mean([skm.roc_auc_score(truth[rows, c], probs[rows, c]) for c in scored]))
-        )
-    if len(values) < samples:
-        return [float("nan"), float("nan")]
-    lo, hi = np.percentile(values, [2.5, 97.5])
-    return [float(lo), float(hi)]
+    values: list[np.ndarray] = []
+    kept = 0
+    for _ in range(100):  # bounded: a split this degenerate is reported as NaN
+        rows = rng.integers(0, n, (samples, n))
+        positives = truth[:, scored][rows].sum(axis=1)  # (samples, classes)
+        rows = rows[np.all((positives > 0) & (positives < n), axis=1)][: samples - kept]
+        if len(rows):
+            per_class = [rank_auroc(probs[rows, c], truth[rows, c]) for c in scored]
+            values.append(np.mean(per_class, axis=0))
+            kept += len(rows)
+        if kept == samples:
+            lo, hi = np.percentile(np.concatenate(values), [2.5, 97.5])
+            return [float(lo), float(hi)]
+    return [float("nan"), float("nan")]
 
 
 def classification_report(

@@ -3,7 +3,7 @@
 import numpy as np
 from sklearn import metrics as skm
 
-from jaxecg.scoring import classification_report, json_safe
+from jaxecg.scoring import classification_report, json_safe, rank_auroc
 
 
 def _multilabel_case(n: int = 60, seed: int = 0):
@@ -54,3 +54,12 @@ def test_class_without_negatives_is_nan_not_an_error():
 def test_json_safe_turns_undefined_scores_into_null():
     report = {"auroc": float("nan"), "ci": [float("-inf"), 0.5], "per": {"a": {"f1": 1.0}}}
     assert json_safe(report) == {"auroc": None, "ci": [None, 0.5], "per": {"a": {"f1": 1.0}}}
+
+
+def test_rank_auroc_equals_sklearn_row_by_row_with_ties():
+    rng = np.random.default_rng(3)
+    scores = np.round(rng.random((20, 40)), 1)  # rounded: many ties
+    labels = rng.integers(0, 2, (20, 40))
+    labels[:, :2] = [0, 1]  # both classes in every row
+    expected = [skm.roc_auc_score(y, s) for y, s in zip(labels, scores)]
+    np.testing.assert_allclose(rank_auroc(scores, labels), expected, rtol=1e-12)
