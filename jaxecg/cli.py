@@ -13,6 +13,7 @@ from jaxecg import __version__
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("jaxecg.train.cli", "pretrain or fine-tune from a YAML config"),
+    "evaluate": ("jaxecg.evaluate", "score a fine-tuned classifier run on a split of its data"),
     "embed": ("jaxecg.embed", "write embeddings of a dataset with a pretrained encoder"),
     "preprocess": ("jaxecg.data.cli", "turn a folder of ECG records into a dataset"),
     "probe": ("jaxecg.probe", "linear probe of a frozen encoder: test metrics of a regression"),

@@ -6,8 +6,9 @@
 ``params`` and ``x`` — inference mode, ResNet BatchNorm on its running statistics —
 so it composes with ``jit``, ``vmap``, ``grad``, ``lax.scan`` and sharded inputs.
 
-Every source is first read as a whole model (:func:`load_model`: the variables, the
-model kind of ``convert.targets`` and its config), then cut down to its encoder:
+Every source is first read as a whole model (:func:`load_model`, through the one
+reader of weights sources :mod:`jaxecg.weights`: the variables, the model kind of
+``convert.targets`` and its config), then cut down to its encoder:
 an ECG classifier loses its ``head``, an MAE keeps its encoder half (cls-token
 features, its fixed sin-cos table as ``pos_embed``), SimCLR and the CMR classifier
 keep their ResNet.
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal
 
 import flax.linen as nn
 import jax
@@ -32,6 +33,7 @@ from jaxecg.errors import CheckpointError, DataError, UsageError
 from jaxecg.models.pos_embed import sincos_pos_embed_f32
 from jaxecg.models.resnet import CMREncoder, ResNetConfig
 from jaxecg.models.vit import ECGEncoder, ViTConfig
+from jaxecg.weights import LoadedModel, read_directory
 
 PyTree = Any
 EncoderKind = Literal["ecg", "cmr"]
@@ -53,18 +55,6 @@ _MODEL_KINDS: dict[str, EncoderKind] = {
 _DEFAULT_MODEL_KIND = {"ecg": "ecg_encoder", "cmr": "cmr_encoder"}
 # Subtree holding the ResNet inside a CMR model's variables.
 _RESNET_SUBTREE = {"cmr_classifier": "encoder", "simclr": "encoder_imaging"}
-
-
-class LoadedModel(NamedTuple):
-    """A whole model as read from a source: ``variables`` for ``Module(config)`` of ``kind``.
-
-    ``image_size`` is the CMR input size a training config recorded (else ``None``).
-    """
-
-    variables: dict[str, PyTree]
-    kind: str
-    config: Config
-    image_size: int | None = None
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -214,7 +204,7 @@ def load_model(
         if preset is not None or overrides:
             given = ["preset"] * (preset is not None) + sorted(overrides)
             raise UsageError(f"{str(source)!r} records its own model config; do not pass {given}")
-        loaded = _read_directory(path)
+        loaded = read_directory(path)
         if kind is not None and kind not in (loaded.kind, _MODEL_KINDS.get(loaded.kind)):
             raise UsageError(f"{str(source)!r} holds a {loaded.kind!r} model, not kind={kind!r}")
         return loaded
@@ -255,76 +245,6 @@ def _model_kind(kind: str | None, source: str | Path) -> str:
 
 def _config(cls: type[Config], preset: str | None, overrides: dict[str, Any]) -> Config:
     return cls.preset(preset, **overrides) if preset is not None else cls.from_dict(overrides)
-
-
-def _read_directory(path: Path) -> LoadedModel:
-    """A ``convert.save`` directory, or a training run's workdir / checkpoints / step dir."""
-    from convert.store import SIDECAR
-
-    if (path / SIDECAR).is_file():
-        import convert
-
-        variables, kind, config = convert.restore(path)
-        return LoadedModel(variables, kind, config)
-    return _read_training_checkpoint(_training_step_dir(path))
-
-
-def _training_step_dir(path: Path) -> Path:
-    """The newest step directory (``<step>/state`` + ``<step>/config``) under ``path``.
-
-    ``path`` may be the run's workdir, its ``checkpoints`` directory or one step directory
-    (pass that to pick another step, e.g. the best-kept one).
-    """
-    if (path / "state").is_dir() and (path / "config").is_dir():
-        return path
-    root = path / "checkpoints" if (path / "checkpoints").is_dir() else path
-    steps = sorted(
-        (int(p.name), p) for p in root.iterdir() if p.name.isdigit() and (p / "state").is_dir()
-    )
-    if not steps:
-        raise CheckpointError(
-            f"{str(path)!r} is neither a convert.save directory nor a training run "
-            "(no checkpoints/<step>/state)"
-        )
-    return steps[-1][1]
-
-
-def _read_training_checkpoint(step_dir: Path) -> LoadedModel:
-    """Model variables and config of one ``jaxecg train`` checkpoint (optimiser state skipped).
-
-    The run's ``state`` item holds ``params``/``batch_stats``; SimCLR runs nest the model's
-    params under ``"model"`` next to the online classifier's.
-    """
-    import orbax.checkpoint as ocp
-
-    from convert.targets import BINDINGS
-    from jaxecg.train.tasks import get_task
-
-    with ocp.Checkpointer(ocp.JsonCheckpointHandler()) as checkpointer:
-        experiment = checkpointer.restore(step_dir / "config")
-    model_cls = get_task(experiment["task"]).model_config
-    kind = next(k for k, b in BINDINGS.items() if b.config_cls is model_cls)
-    target = BINDINGS[kind]
-    config = target.config(experiment["model"])
-    abstract = target.abstract(config)
-    metadata = ocp.PyTreeCheckpointer().metadata(step_dir / "state").item_metadata.tree
-    nested = "model" in metadata["params"] and "model" not in abstract["params"]
-    item = {
-        "params": {"model": abstract["params"]} if nested else abstract["params"],
-        "batch_stats": abstract.get("batch_stats", {}),
-    }
-    # Restored as host numpy arrays: the run's device layout need not exist here.
-    as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
-    restored = ocp.PyTreeCheckpointer().restore(
-        step_dir / "state",
-        args=ocp.args.PyTreeRestore(item=item, restore_args=as_numpy, partial_restore=True),
-    )
-    params = restored["params"]["model"] if nested else restored["params"]
-    variables = {"params": jax.tree.map(jnp.asarray, params)}
-    if abstract.get("batch_stats"):
-        variables["batch_stats"] = jax.tree.map(jnp.asarray, restored["batch_stats"])
-    image_size = experiment.get("data", {}).get("augment", {}).get("img_size")
-    return LoadedModel(variables, kind, config, image_size if _MODEL_KINDS[kind] == "cmr" else None)
 
 
 # ---------------------------------------------------------------------------- model -> encoder

@@ -245,6 +245,66 @@ def plot_attention(
     return _save(fig, path)
 
 
+def plot_roc_curves(
+    truth: Any,
+    probs: Any,
+    classes: list[str],
+    path: str | Path,
+    *,
+    title: str | None = None,
+) -> Path:
+    """One ROC curve per class (``truth`` ``(N, C)`` 0/1, ``probs`` ``(N, C)``) as a PNG;
+    classes without both positives and negatives in ``truth`` are left out (no curve)."""
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    truth, probs = np.asarray(truth), np.asarray(probs)
+    fig = _figure(6, 6)
+    ax = fig.add_subplot()
+    for c, name in enumerate(classes):
+        if 0 < truth[:, c].sum() < len(truth):
+            fpr, tpr, _ = roc_curve(truth[:, c], probs[:, c])
+            auroc = roc_auc_score(truth[:, c], probs[:, c])
+            ax.plot(fpr, tpr, lw=1.2, label=f"{name} (AUROC {auroc:.3f})")
+    ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    ax.set_aspect("equal")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="lower right", fontsize="small")
+    if title:
+        ax.set_title(title)
+    return _save(fig, path)
+
+
+def plot_training_curves(records: list[dict[str, float]], path: str | Path) -> Path:
+    """A run's ``metrics.jsonl`` records as a PNG: training/validation loss, learning rate
+    and the other validation metrics, each over steps."""
+    fig = _figure(12, 3.5)
+    loss_ax, lr_ax, val_ax = fig.subplots(1, 3)
+
+    def series(key: str) -> tuple[list[float], list[float]]:
+        points = [(r["step"], r[key]) for r in records if r.get(key) is not None]
+        return [p[0] for p in points], [p[1] for p in points]
+
+    loss_ax.plot(*series("loss"), lw=0.8, label="train")
+    loss_ax.plot(*series("val/loss"), marker="o", ms=3, label="validation")
+    loss_ax.set_title("loss")
+    loss_ax.legend(fontsize="small")
+    lr_ax.plot(*series("lr"), lw=0.8)
+    lr_ax.set_title("learning rate")
+    keys = sorted({k for r in records for k in r if k.startswith("val/") and k != "val/loss"})
+    for key in keys:
+        val_ax.plot(*series(key), marker="o", ms=3, label=key[len("val/") :])
+    val_ax.set_title("validation metrics")
+    if keys:
+        val_ax.legend(fontsize="small")
+    for ax in (loss_ax, lr_ax, val_ax):
+        ax.set_xlabel("step")
+    return _save(fig, path)
+
+
 def _save(fig: Any, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -51,6 +51,10 @@ class ArraySource:
     def __getitem__(self, index: int) -> dict[str, np.ndarray]:
         return {key: np.asarray(value[index]) for key, value in self._arrays.items()}
 
+    def array(self, key: str) -> Any:
+        """The whole array of ``key`` over all records (memory-mapped if the source is)."""
+        return self._arrays[key]
+
     def record_name(self, index: int) -> str:
         """The record's id if names were given, else ``"record <index>"``."""
         return self._names[index] if self._names is not None else f"record {index}"

@@ -87,6 +87,10 @@ class Checkpointer:
             )
         options = ocp.CheckpointManagerOptions(
             preservation_policy=policies.AnyPreservationPolicy(preserve),
+            # With best_fn set Orbax also writes each step's metrics (<step>/metrics), so the
+            # best step is known after a restart and to readers (jaxecg.weights).
+            best_fn=(lambda metrics: metrics[best_metric]) if keep_best else None,
+            best_mode=best_mode,
             enable_async_checkpointing=async_save,
             create=True,
         )

@@ -155,12 +155,24 @@ class ExperimentConfig(Config):
             raise ConfigError("missing key 'task'")
         spec = get_task(data["task"])
         rest = dict(data)
-        model = _with_preset(spec.model_config, rest.pop("model", {}), f"{_prefix}model.")
+        model = _num_classes_from_data(spec.classes_from, rest.pop("model", {}), rest.get("data"))
+        model = _with_preset(spec.model_config, model, f"{_prefix}model.")
         loss = _section(spec.loss_config, rest.pop("loss", {}), f"{_prefix}loss.")
         data_ = _section(spec.data_config, rest.pop("data", {}), f"{_prefix}data.")
         return super().from_dict(
             {**rest, "model": model, "loss": loss, "data": data_}, _prefix=_prefix
         )
+
+
+def _num_classes_from_data(modality: str | None, model: Any, data: Any) -> Any:
+    """A classifier's ``model`` section with an unset ``num_classes`` (absent or null) taken
+    from the dataset's class count, so labels and outputs agree by construction."""
+    if modality is None or not isinstance(model, dict) or model.get("num_classes") is not None:
+        return model
+    from jaxecg.data.splits import SYNTHETIC, dataset_num_classes
+
+    source = data.get("source", SYNTHETIC) if isinstance(data, dict) else SYNTHETIC
+    return {**model, "num_classes": dataset_num_classes(modality, source)}
 
 
 def _section(config_cls: type[Config], value: Any, prefix: str) -> Config:

@@ -11,7 +11,6 @@ on the reference's single GPU.
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import json
 import math
 import sys
@@ -29,9 +28,11 @@ import tqdm
 from jax.sharding import Mesh
 
 from jaxecg.data import make_loader
+from jaxecg.data.batches import padded_batches, valid_rows
 from jaxecg.errors import TrainingError
 from jaxecg.interrupts import Interrupted, StopRequest, stop_requests
 from jaxecg.train import mesh as mesh_lib
+from jaxecg.train import report
 from jaxecg.train.checkpoint import Checkpointer, abstract_like
 from jaxecg.train.config import ExperimentConfig
 from jaxecg.train.resume import Resume, no_debris, resume_step, truncate_log
@@ -121,16 +122,10 @@ def make_eval_step(task: Task, *, bf16: bool):
 
 
 def _eval_loader(dataset: Any, *, global_batch: int, max_batches: int | None, mesh: Any):
-    """One pass over whole eval batches (the same count on every process; a ragged tail
-    is dropped), optionally capped at ``max_batches``."""
-    loader = make_loader(
-        dataset,
-        batch_size=global_batch // jax.process_count(),
-        shuffle=False,
-        num_epochs=1,
-        sharding=mesh_lib.batch_sharding(mesh),
-    )
-    return itertools.islice(loader, max_batches)
+    """One pass over every eval record as ``(batch, valid)``: the last batch padded and
+    masked (:func:`~jaxecg.data.batches.padded_batches`), optionally capped at ``max_batches``."""
+    sharding = mesh_lib.batch_sharding(mesh)
+    return padded_batches(dataset, global_batch, sharding=sharding, max_batches=max_batches)
 
 
 # ---------------------------------------------------------------------------- logging
@@ -187,12 +182,13 @@ def _host_metrics(metrics: dict[str, jax.Array]) -> dict[str, float]:
 def evaluate(
     task: Task, eval_step: Any, state: TrainState, batches: Any, rng: jax.Array
 ) -> dict[str, float]:
-    """Task metrics over all eval ``batches`` (outputs gathered to every host)."""
+    """Task metrics over all eval ``(batch, valid)`` pairs (outputs gathered to every host,
+    padding rows dropped)."""
     chunks: dict[str, list[np.ndarray]] = {}
-    for index, batch in enumerate(batches):
+    for index, (batch, valid) in enumerate(batches):
         outputs = eval_step(state, batch, jax.random.fold_in(rng, index))
         for key, value in outputs.items():
-            chunks.setdefault(key, []).append(mesh_lib.to_host(value))
+            chunks.setdefault(key, []).append(valid_rows(mesh_lib.to_host(value), valid))
     return task.summarize({k: np.concatenate(v) for k, v in chunks.items()})
 
 
@@ -202,7 +198,8 @@ class Run:
 
     ``train_step(state, batch, seed_key)`` and ``eval_step(state, batch, rng)`` are the
     compiled steps (the train step donates ``state``); ``train_iter`` yields sharded global
-    batches; ``eval_batches()`` starts a fresh pass over the eval split.
+    batches; ``eval_batches()`` starts a fresh pass over the eval split, ``(batch, valid)``
+    pairs covering every record.
     """
 
     cfg: ExperimentConfig
@@ -253,7 +250,7 @@ def setup(
 
     # --- state: init (or pretrained weights) and optimiser, replicated over the mesh
     seed_key = jax.random.PRNGKey(tcfg.seed)
-    init_args = (jax.random.fold_in(seed_key, _EVAL_STREAM - 1), next(iter(eval_batches())))
+    init_args = (jax.random.fold_in(seed_key, _EVAL_STREAM - 1), next(iter(eval_batches()))[0])
     if restore is not None:
         # Shapes only: the restore overwrites every value, so nothing is initialised or compiled.
         variables = jax.eval_shape(task.init_variables, *init_args)
@@ -386,6 +383,8 @@ def _train(
                 tick, tick_step = now, step
                 record.update({f"val/{k}": v for k, v in (eval_metrics or {}).items()})
                 log.write(step, record)
+                if eval_metrics is not None:
+                    report.evaluated(workdir, step, eval_metrics)
                 bar.set_postfix(
                     loss=f"{host['loss']:.4g}",
                     lr=f"{host['lr']:.3g}",
@@ -418,4 +417,6 @@ def _train(
         log.close()
         checkpoints.wait()
         checkpoints.close()
-    return {"step": int(state.step), **record}
+    last = {"step": int(state.step), **record}
+    report.finished(workdir, last)
+    return last

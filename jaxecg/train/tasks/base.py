@@ -101,10 +101,15 @@ class Task(abc.ABC):
 
 @dataclasses.dataclass(frozen=True)
 class TaskSpec:
-    """Registry entry: the config classes of a task's sections and its constructor."""
+    """Registry entry: the config classes of a task's sections and its constructor.
+
+    ``classes_from``: the modality (``"ecg"``/``"cmr"``) of a classifier whose
+    ``model.num_classes``, when left unset, is the dataset's class count.
+    """
 
     name: str
     model_config: type[Config]
     loss_config: type[Config]
     data_config: type[Config]
     build: Callable[[ExperimentConfig], Task]
+    classes_from: str | None = None

@@ -24,15 +24,19 @@ from jaxecg.train.optim import adam_l2, freeze
 from jaxecg.train.tasks.base import Batch, PyTree, Task, TaskSpec
 from jaxecg.train.tasks.common import (
     CMRDataConfig,
+    TransferReport,
+    checked_classifier_datasets,
     cmr_datasets,
-    load_variables,
     mean_of,
     merge_pretrained,
     model_input_like,
 )
+from jaxecg.weights import read_weights
 
-# Where each kind of pretrained file keeps the ResNet encoder's variables.
-_ENCODER_PATH = {"cmr_encoder": (), "simclr": ("encoder_imaging",), "cmr_classifier": ("encoder",)}
+# Where each kind of pretrained source keeps the ResNet encoder's variables; a CMR
+# classifier's run continues as the whole model (head included).
+_ENCODER_PATH = {"cmr_encoder": (), "simclr": ("encoder_imaging",)}
+_KINDS = (*_ENCODER_PATH, "cmr_classifier")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,7 +53,13 @@ class CMRFinetuneTask(Task):
         self.model = CMRClassifier(self.model_cfg)
 
     def datasets(self):
-        return cmr_datasets(self.cfg.data, num_classes=self.model_cfg.num_classes)
+        num_classes = self.model_cfg.num_classes
+        return checked_classifier_datasets(
+            self.cfg.data,
+            cmr_datasets(self.cfg.data, num_classes=num_classes),
+            num_classes=num_classes,
+            multilabel=False,
+        )
 
     def init_variables(self, rng: jax.Array, batch: Batch) -> dict[str, PyTree]:
         variables = self.model.init(rng, model_input_like(self.cfg.data, batch), train=False)
@@ -90,28 +100,22 @@ class CMRFinetuneTask(Task):
         }
 
     def load_pretrained(self, variables, source):
-        loaded, kind = load_variables(source, "cmr_encoder", self.model_cfg.encoder)
-        if kind not in _ENCODER_PATH:
+        loaded = read_weights(source, kind="cmr_encoder", config=self.model_cfg.encoder)
+        if loaded.kind not in _KINDS:
             raise ConfigError(
-                f"pretrained_weights {source!r} holds {kind!r}; expected one of {list(_ENCODER_PATH)}"
+                f"pretrained_weights {source!r} holds {loaded.kind!r}; expected one of {list(_KINDS)}"
             )
-
-        def encoder_part(tree: PyTree) -> PyTree:
-            for key in _ENCODER_PATH[kind]:
-                tree = tree[key]
-            return tree
-
-        return {
-            collection: {
-                **variables[collection],
-                "encoder": merge_pretrained(
-                    variables[collection]["encoder"],
-                    encoder_part(loaded[collection]),
-                    source=source,
-                ),
-            }
-            for collection in ("params", "batch_stats")
-        }
+        merged, report = {}, TransferReport()
+        for collection in ("params", "batch_stats"):
+            tree = loaded.variables[collection]
+            if loaded.kind != "cmr_classifier":
+                for key in _ENCODER_PATH[loaded.kind]:
+                    tree = tree[key]
+                tree = {"encoder": tree}
+            merged[collection], part = merge_pretrained(variables[collection], tree, source=source)
+            report = report + part
+        print(report.summary(loaded.origin), flush=True)
+        return merged
 
 
 SPEC = TaskSpec(
@@ -120,4 +124,5 @@ SPEC = TaskSpec(
     loss_config=CMRLossConfig,
     data_config=CMRDataConfig,
     build=CMRFinetuneTask,
+    classes_from="cmr",
 )

@@ -1,26 +1,19 @@
-"""Pieces several tasks share: pretrained-weight merging, batch means, data sources."""
+"""Pieces several tasks share: pretrained-weight transfer, batch means, data sources."""
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxecg.data import (
-    ECG_CLASSES,
-    ArraySource,
-    CMRAugmentConfig,
-    ECGAugmentConfig,
-    SyntheticCMRSource,
-    SyntheticECGSource,
-    load_split,
-)
-from jaxecg.errors import CheckpointError, ConfigError, DataError
+from jaxecg.config import ConfigError
+from jaxecg.data import ECG_CLASSES, CMRAugmentConfig, ECGAugmentConfig
+from jaxecg.data.splits import SYNTHETIC, check_labels, open_split
+from jaxecg.errors import CheckpointError
 from jaxecg.train.config import DataConfig
 from jaxecg.train.optim import path_names
 
@@ -32,16 +25,57 @@ def mean_of(outputs: dict[str, np.ndarray], *keys: str) -> dict[str, float]:
     return {key: float(np.mean(outputs[key])) for key in keys}
 
 
+@dataclasses.dataclass(frozen=True)
+class TransferReport:
+    """What a transfer of pretrained weights did, by tensor path (``blocks_0/attn/qkv/kernel``).
+
+    ``loaded``: model tensors taken from the source; ``initialised``: model tensors the
+    source does not have (they keep their fresh initialisation, e.g. a new head);
+    ``ignored``: source tensors this model has no place for (e.g. an MAE's decoder).
+    """
+
+    loaded: tuple[str, ...] = ()
+    initialised: tuple[str, ...] = ()
+    ignored: tuple[str, ...] = ()
+
+    def __add__(self, other: TransferReport) -> TransferReport:
+        return TransferReport(
+            self.loaded + other.loaded,
+            self.initialised + other.initialised,
+            self.ignored + other.ignored,
+        )
+
+    def summary(self, origin: str) -> str:
+        """One line: counts, with the paths grouped by their top-level module."""
+        return (
+            f"pretrained weights from {origin}: loaded {len(self.loaded)} tensors"
+            f"{_modules(self.loaded)}, initialised {len(self.initialised)}"
+            f"{_modules(self.initialised)}, ignored {len(self.ignored)}{_modules(self.ignored)}"
+        )
+
+
+def _modules(paths: tuple[str, ...]) -> str:
+    """`` (head: 2, fc_norm: 2)``: how many of ``paths`` each top-level module holds."""
+    if not paths:
+        return ""
+    counts: dict[str, int] = {}
+    for path in paths:
+        top = path.split("/")[0]
+        top = "blocks" if top.startswith("blocks_") else top
+        counts[top] = counts.get(top, 0) + 1
+    return " (" + ", ".join(f"{name}: {n}" for name, n in counts.items()) + ")"
+
+
 def merge_pretrained(
     target: PyTree, loaded: PyTree, *, source: str, drop_unknown: bool = False
-) -> PyTree:
-    """``target`` with every leaf that ``loaded`` has at the same path replaced.
+) -> tuple[PyTree, TransferReport]:
+    """``target`` with every leaf that ``loaded`` has at the same path replaced, and the report.
 
     Shapes must agree (a mismatch is an error naming every offending path);
     leaves only in ``target`` keep their initialisation (e.g. a new head). Paths
     only in ``loaded`` are an error (the trees do not line up) unless
-    ``drop_unknown``, which reports and skips them (e.g. an encoder's final
-    ``norm`` that a pooling classifier does not have).
+    ``drop_unknown``, which reports and skips them (e.g. an MAE's decoder, which a
+    classifier does not have).
     """
     flat_target = {path_names(p): x for p, x in jax.tree_util.tree_leaves_with_path(target)}
     flat_loaded = {path_names(p): x for p, x in jax.tree_util.tree_leaves_with_path(loaded)}
@@ -51,14 +85,15 @@ def merge_pretrained(
         for p, x in flat_loaded.items()
         if p in flat_target and np.shape(x) != np.shape(flat_target[p])
     )
-    if drop_unknown and unknown:
-        print(f"pretrained weights {source}: not used by this model: {', '.join(unknown)}")
-        unknown = []
-    if unknown or mismatched:
+    if (unknown and not drop_unknown) or mismatched:
         raise CheckpointError(
             f"pretrained weights {source!r} do not fit the model: "
             + "; ".join(
-                ([f"not in the model: {', '.join(unknown)}"] if unknown else [])
+                (
+                    [f"not in the model: {', '.join(unknown)}"]
+                    if unknown and not drop_unknown
+                    else []
+                )
                 + ([f"shape mismatch: {'; '.join(mismatched)}"] if mismatched else [])
             )
         )
@@ -67,23 +102,12 @@ def merge_pretrained(
         new = flat_loaded.get(path_names(path))
         return x if new is None else np.asarray(new, dtype=np.asarray(x).dtype)
 
-    return jax.tree_util.tree_map_with_path(pick, target)
-
-
-def load_variables(source: str, kind: str, config: Any) -> tuple[dict[str, PyTree], str]:
-    """Variables of ``kind`` from a PyTorch file (via ``convert``, report printed) or an Orbax
-    directory written by ``convert.save``; returns ``(variables, kind actually stored)``."""
-    import convert
-
-    path = Path(source)
-    if not path.exists():
-        raise ConfigError(f"pretrained_weights: {source!r} does not exist")
-    if path.is_dir():
-        variables, stored_kind, _ = convert.restore(path)
-        return variables, stored_kind
-    variables, report = convert.load(source, kind, config)
-    print(report.summary(), flush=True)
-    return variables, kind
+    report = TransferReport(
+        loaded=tuple("/".join(p) for p in flat_target if p in flat_loaded),
+        initialised=tuple("/".join(p) for p in flat_target if p not in flat_loaded),
+        ignored=tuple(unknown),
+    )
+    return jax.tree_util.tree_map_with_path(pick, target), report
 
 
 # ---------------------------------------------------------------------------- data
@@ -128,34 +152,31 @@ def check_time_steps(time_steps: int, img_size: tuple[int, int, int]) -> None:
         )
 
 
+def _splits(modality: str, data: Any, size: int, num_classes: int) -> tuple[Any, Any]:
+    """``(train, val)`` of ``data`` (:func:`jaxecg.data.splits.open_split`); generated
+    records are memoised."""
+    train, val = (
+        open_split(
+            modality,
+            split,
+            source=data.source,
+            num_records=data.num_train if split == "train" else data.num_eval,
+            seed=data.seed,
+            size=size,
+            num_classes=num_classes,
+        )
+        for split in ("train", "val")
+    )
+    if data.source == SYNTHETIC:
+        return _CachedSource(train), _CachedSource(val)
+    return train, val
+
+
 def ecg_datasets(data: ECGDataConfig, *, num_classes: int | None = None) -> tuple[Any, Any]:
     """``(train, eval)`` ECG sources; synthetic splits use seeds ``seed`` and ``seed + 1``
     and ``num_classes`` of the synthetic classes (all of them by default)."""
-    if data.source == "synthetic":
-        make = functools.partial(
-            SyntheticECGSource,
-            length=data.record_length,
-            num_classes=len(ECG_CLASSES) if num_classes is None else num_classes,
-        )
-        return (
-            _CachedSource(make(data.num_train, seed=data.seed)),
-            _CachedSource(make(data.num_eval, seed=data.seed + 1)),
-        )
-    return load_split(data.source, "train"), load_split(data.source, "val")
-
-
-def _cmr_split(directory: str, split: str) -> ArraySource:
-    """``<dir>/<split>_image.npy`` (N, H, W, 3) float32 in [0, 1] + ``<split>_label.npy`` (N,)
-    int32, memory-mapped (the data package's on-disk format covers ECGs only)."""
-    root = Path(directory)
-    files = {key: root / f"{split}_{key}.npy" for key in ("image", "label")}
-    absent = [str(f) for f in files.values() if not f.is_file()]
-    if absent:
-        raise DataError(
-            f"data.source={directory!r}: a CMR dataset directory needs {split}_image.npy and "
-            f"{split}_label.npy; missing {absent}"
-        )
-    return ArraySource({key: np.load(f, mmap_mode="r") for key, f in files.items()})
+    classes = len(ECG_CLASSES) if num_classes is None else num_classes
+    return _splits("ecg", data, data.record_length, classes)
 
 
 def model_input_like(data: CMRDataConfig, batch: dict[str, Any]) -> jax.Array:
@@ -168,10 +189,20 @@ def model_input_like(data: CMRDataConfig, batch: dict[str, Any]) -> jax.Array:
 
 def cmr_datasets(data: CMRDataConfig, *, num_classes: int) -> tuple[Any, Any]:
     """``(train, eval)`` CMR sources; synthetic splits use seeds ``seed`` and ``seed + 1``."""
-    if data.source == "synthetic":
-        make = functools.partial(SyntheticCMRSource, size=data.image_size, num_classes=num_classes)
-        return (
-            _CachedSource(make(data.num_train, seed=data.seed)),
-            _CachedSource(make(data.num_eval, seed=data.seed + 1)),
+    return _splits("cmr", data, data.image_size, num_classes)
+
+
+def checked_classifier_datasets(
+    data: Any, datasets: tuple[Any, Any], *, num_classes: int, multilabel: bool
+) -> tuple[Any, Any]:
+    """``datasets`` once their labels fit the classifier (:func:`check_labels`, per split)."""
+    for split, records in zip(("train", "val"), datasets):
+        check_labels(
+            records,
+            split=split,
+            source=data.source,
+            num_classes=num_classes,
+            multilabel=multilabel,
+            what="fine-tuning",
         )
-    return _cmr_split(data.source, "train"), _cmr_split(data.source, "val")
+    return datasets

@@ -28,11 +28,12 @@ from jaxecg.train.tasks.base import Batch, PyTree, Task, TaskSpec
 from jaxecg.train.tasks.common import (
     ECGDataConfig,
     check_time_steps,
+    checked_classifier_datasets,
     ecg_datasets,
-    load_variables,
     mean_of,
     merge_pretrained,
 )
+from jaxecg.weights import read_weights
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,14 +45,12 @@ class ECGLossConfig(Config):
     pos_weight: tuple[float, ...] | None = None
 
 
-def _encoder_params(params: PyTree, kind: str, model_cfg: ECGClassifierConfig) -> PyTree:
-    """The ViT part of a pretrained tree; an MAE's decoder is dropped and its fixed sin-cos
-    table becomes the classifier's (learned) ``pos_embed``, as the reference's loading does."""
+def _with_pos_embed(params: PyTree, kind: str, model_cfg: ECGClassifierConfig) -> PyTree:
+    """An MAE's fixed sin-cos table becomes the classifier's (learned) ``pos_embed``, as the
+    reference's loading does; its decoder and mask token are reported as ignored."""
     if kind != "mae":
         return params
-    encoder = {k: v for k, v in params.items() if not k.startswith("decoder") and k != "mask_token"}
-    encoder["pos_embed"] = sincos_pos_embed_f32(model_cfg.embed_dim, model_cfg.grid_size)
-    return encoder
+    return {**params, "pos_embed": sincos_pos_embed_f32(model_cfg.embed_dim, model_cfg.grid_size)}
 
 
 class ECGFinetuneTask(Task):
@@ -72,7 +71,13 @@ class ECGFinetuneTask(Task):
         self.multilabel = self.loss_cfg.task_type == "multilabel"
 
     def datasets(self):
-        return ecg_datasets(self.cfg.data, num_classes=self.model_cfg.num_classes)
+        num_classes = self.model_cfg.num_classes
+        return checked_classifier_datasets(
+            self.cfg.data,
+            ecg_datasets(self.cfg.data, num_classes=num_classes),
+            num_classes=num_classes,
+            multilabel=self.multilabel,
+        )
 
     def _targets(self, labels: jax.Array) -> jax.Array:
         """Class ids become one-hot rows for BCE; (B, C) targets pass through."""
@@ -132,15 +137,18 @@ class ECGFinetuneTask(Task):
         }
 
     def load_pretrained(self, variables, source):
-        loaded, kind = load_variables(source, "ecg_classifier", self.model_cfg)
-        if kind not in ("ecg_classifier", "ecg_encoder", "mae"):
-            raise ConfigError(f"pretrained_weights {source!r} holds {kind!r}, not ViT weights")
-        params = merge_pretrained(
+        loaded = read_weights(source, kind="ecg_classifier", config=self.model_cfg)
+        if loaded.kind not in ("ecg_classifier", "ecg_encoder", "mae"):
+            raise ConfigError(
+                f"pretrained_weights {source!r} holds {loaded.kind!r}, not ViT weights"
+            )
+        params, report = merge_pretrained(
             variables["params"],
-            _encoder_params(loaded["params"], kind, self.model_cfg),
+            _with_pos_embed(loaded.variables["params"], loaded.kind, self.model_cfg),
             source=source,
             drop_unknown=True,
         )
+        print(report.summary(loaded.origin), flush=True)
         return {"params": params, "batch_stats": {}}
 
 
@@ -150,4 +158,5 @@ SPEC = TaskSpec(
     loss_config=ECGLossConfig,
     data_config=ECGDataConfig,
     build=ECGFinetuneTask,
+    classes_from="ecg",
 )

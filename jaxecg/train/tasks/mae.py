@@ -26,10 +26,10 @@ from jaxecg.train.tasks.common import (
     ECGDataConfig,
     check_time_steps,
     ecg_datasets,
-    load_variables,
     mean_of,
     merge_pretrained,
 )
+from jaxecg.weights import read_weights
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,13 +82,16 @@ class MAETask(Task):
         return mean_of(outputs, "loss", "ncc")
 
     def load_pretrained(self, variables, source):
-        loaded, kind = load_variables(source, "mae", self.model_cfg)
-        if kind != "mae":
-            raise ConfigError(f"pretrained_weights {source!r} holds {kind!r}, not mae weights")
-        return {
-            "params": merge_pretrained(variables["params"], loaded["params"], source=source),
-            "batch_stats": {},
-        }
+        loaded = read_weights(source, kind="mae", config=self.model_cfg)
+        if loaded.kind != "mae":
+            raise ConfigError(
+                f"pretrained_weights {source!r} holds {loaded.kind!r}, not mae weights"
+            )
+        params, report = merge_pretrained(
+            variables["params"], loaded.variables["params"], source=source
+        )
+        print(report.summary(loaded.origin), flush=True)
+        return {"params": params, "batch_stats": {}}
 
 
 SPEC = TaskSpec(

@@ -31,11 +31,11 @@ from jaxecg.train.tasks.base import Batch, PyTree, Task, TaskSpec
 from jaxecg.train.tasks.common import (
     CMRDataConfig,
     cmr_datasets,
-    load_variables,
     mean_of,
     merge_pretrained,
     model_input_like,
 )
+from jaxecg.weights import read_weights
 
 
 @dataclasses.dataclass(frozen=True)
@@ -164,20 +164,20 @@ class SimCLRTask(Task):
         }
 
     def load_pretrained(self, variables, source):
-        loaded, kind = load_variables(source, "simclr", self.model_cfg)
-        if kind != "simclr":
-            raise ConfigError(f"pretrained_weights {source!r} holds {kind!r}, not simclr weights")
-        return {
-            "params": {
-                "model": merge_pretrained(
-                    variables["params"]["model"], loaded["params"], source=source
-                ),
-                "classifier": variables["params"]["classifier"],
-            },
-            "batch_stats": merge_pretrained(
-                variables["batch_stats"], loaded["batch_stats"], source=source
-            ),
-        }
+        loaded = read_weights(source, kind="simclr", config=self.model_cfg)
+        if loaded.kind != "simclr":
+            raise ConfigError(
+                f"pretrained_weights {source!r} holds {loaded.kind!r}, not simclr weights"
+            )
+        params, report = merge_pretrained(
+            variables["params"]["model"], loaded.variables["params"], source=source
+        )
+        stats, stats_report = merge_pretrained(
+            variables["batch_stats"], loaded.variables["batch_stats"], source=source
+        )
+        print((report + stats_report).summary(loaded.origin), flush=True)
+        classifier = variables["params"]["classifier"]
+        return {"params": {"model": params, "classifier": classifier}, "batch_stats": stats}
 
 
 SPEC = TaskSpec(
