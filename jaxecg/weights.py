@@ -120,7 +120,7 @@ def run_checkpoint(path: str | Path, checkpoint: CheckpointChoice = "best") -> R
     step ranked best by the run's ``train.best_metric``/``best_mode`` among those kept,
     else the newest; ``"latest"``: the newest; an int: that step.
     """
-    path = Path(path)
+    path = Path(path).absolute()  # Orbax reads no metadata through a relative path
     if _is_step_dir(path):
         step_dir = path
         experiment = _read_json_item(step_dir, "config")

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
-from train_helpers import persistent_compilation_cache, quiet_args, records, run  # noqa: F401
+from train_helpers import quiet_args, records, run
 
 from jaxecg.data import ECGAugmentConfig, ecg_augment_batch
 from jaxecg.data.splits import open_split
@@ -111,7 +112,9 @@ def test_mae_run_fine_tunes_and_evaluates(ecg_loop, tmp_path, capsys) -> None:
     np.testing.assert_allclose(result["metrics"]["auroc_macro"], macro)
 
 
-def test_simclr_run_fine_tunes_and_evaluates(tmp_path, capsys) -> None:
+def test_simclr_run_fine_tunes_and_evaluates(tmp_path, capsys, monkeypatch) -> None:
+    # Relative paths, as a user types them (Orbax reads metadata only through absolute ones).
+    monkeypatch.chdir(tmp_path)
     simclr, ft = tmp_path / "simclr", tmp_path / "ft"
     assert (
         run("pretrain_simclr_cmr", simclr, *quiet_args("pretrain_simclr_cmr"), "train.stop_after=2")
@@ -124,7 +127,7 @@ def test_simclr_run_fine_tunes_and_evaluates(tmp_path, capsys) -> None:
         *quiet_args("finetune_cmr"),
         "train.stop_after=2",
         f"data.num_eval={EVAL_RECORDS}",
-        f"pretrained_weights={simclr}",
+        "pretrained_weights=simclr",
     )
     out = capsys.readouterr().out
     assert code == 0, out
@@ -138,7 +141,9 @@ def test_simclr_run_fine_tunes_and_evaluates(tmp_path, capsys) -> None:
     head = len(jax.tree.leaves(model.variables["params"]["head"]))
     assert (loaded, initialised) == (encoder, head)
 
-    result = _evaluate(ft, "--split", "val", "--checkpoint", "latest", "--bootstrap-samples", "20")
+    result = _evaluate(
+        Path("ft"), "--split", "val", "--checkpoint", "latest", "--bootstrap-samples", "20"
+    )
     assert (result["split"], result["num_records"], result["checkpoint_step"]) == (
         "val",
         EVAL_RECORDS,

@@ -70,7 +70,7 @@ def test_a_directory_that_is_no_source_is_named(tmp_path) -> None:
 
 def test_using_a_model_does_not_import_the_training_stack() -> None:
     code = (
-        "import sys, jaxecg.encoders, jaxecg.embed, jaxecg.evaluate, jaxecg.weights, jaxecg.viz\n"
+        "import sys, jaxecg.encoders, jaxecg.embed, jaxecg.evaluate, jaxecg.probe, jaxecg.viz\n"
         "import convert.targets\n"
         "print(sorted(m for m in sys.modules if m.startswith('jaxecg.train')))\n"
     )

@@ -14,6 +14,8 @@ from typing import Any
 import jax
 import numpy as np
 
+from jaxecg.errors import UsageError
+
 
 def padded_batches(
     records: Any,
@@ -31,7 +33,7 @@ def padded_batches(
     count = len(records)
     processes, index = jax.process_count(), jax.process_index()
     if global_batch <= 0 or global_batch % processes:
-        raise ValueError(f"global batch {global_batch} must be a positive multiple of {processes}")
+        raise UsageError(f"global batch {global_batch} must be a positive multiple of {processes}")
     local = global_batch // processes
     num_batches = -(-count // global_batch)
     if max_batches is not None:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal, Self
 
 from jaxecg.config import Config, ConfigError, parse_value, read_yaml
+from jaxecg.errors import DataError
 
 __all__ = [
     "DataConfig",
@@ -172,7 +173,12 @@ def _num_classes_from_data(modality: str | None, model: Any, data: Any) -> Any:
     from jaxecg.data.splits import SYNTHETIC, dataset_num_classes
 
     source = data.get("source", SYNTHETIC) if isinstance(data, dict) else SYNTHETIC
-    return {**model, "num_classes": dataset_num_classes(modality, source)}
+    try:
+        return {**model, "num_classes": dataset_num_classes(modality, source)}
+    except DataError as err:
+        raise ConfigError(
+            f"model.num_classes is unset and cannot come from the data: {err}"
+        ) from None
 
 
 def _section(config_cls: type[Config], value: Any, prefix: str) -> Config:
