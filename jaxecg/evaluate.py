@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -37,17 +36,6 @@ def _checkpoint_choice(text: str) -> str | int:
     if text.isdigit():
         return int(text)
     raise argparse.ArgumentTypeError(f"expected best, latest or a step number, got {text!r}")
-
-
-def _json_safe(value: Any) -> Any:
-    """NaN scores become ``null``: the file stays strict JSON."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_json_safe(v) for v in value]
-    return value
 
 
 def predict(
@@ -213,6 +201,7 @@ def write_result(
     result: dict[str, Any], truth: np.ndarray, probs: np.ndarray, out: Path
 ) -> tuple[Path, Path]:
     """``out`` (JSON) and the ROC curves PNG beside it; returns both paths."""
+    from jaxecg.scoring import json_safe
     from jaxecg.viz import plot_roc_curves
 
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -223,7 +212,7 @@ def write_result(
         out.with_name(f"{out.stem}_roc.png"),
         title=f"{result['split']} split, step {result['checkpoint_step']}",
     )
-    out.write_text(json.dumps(_json_safe(result), indent=2, allow_nan=False) + "\n")
+    out.write_text(json.dumps(json_safe(result), indent=2, allow_nan=False) + "\n")
     return out, png
 
 

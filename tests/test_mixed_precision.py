@@ -85,7 +85,7 @@ def lowered_steps(request):
     batch = next(run.train_iter)
     steps = {
         "train": run.train_step.lower(run.state, batch, run.seed_key),
-        "eval": run.eval_step.lower(run.state, next(iter(run.eval_batches())), run.seed_key),
+        "eval": run.eval_step.lower(run.state, next(iter(run.eval_batches()))[0], run.seed_key),
     }
     return request.param, run, batch, {k: _ops(v) for k, v in steps.items()}
 
