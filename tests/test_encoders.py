@@ -197,6 +197,7 @@ def test_training_checkpoint_of_simclr_gives_its_resnet(tmp_path) -> None:
         params=params,
         batch_stats=variables["batch_stats"],
         opt_state=optax.adam(1e-3).init(params),
+        first_bad_step=jnp.zeros((), jnp.int32),
     )
     checkpoints = Checkpointer(tmp_path / "run" / "checkpoints", async_save=False)
     experiment = {

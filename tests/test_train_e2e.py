@@ -8,9 +8,11 @@ The MAE runs share one set of overrides, so with the session's compilation cache
 import json
 import math
 
+import jax
 import numpy as np
 import pytest
 from train_helpers import (
+    QUIET,
     STEPS,
     quiet_args,
     records,
@@ -18,6 +20,8 @@ from train_helpers import (
 )
 
 from jaxecg.data import ArraySource, DatasetWriter, make_loader, synthetic_ecg_record
+from jaxecg.train import loop
+from jaxecg.train.checkpoint import Checkpointer
 
 MAE_STEPS = STEPS["pretrain_mae_ecg"]
 MAE_ARGS = (*quiet_args("pretrain_mae_ecg"), "train.checkpoint_every=6", "train.eval_every=12")
@@ -110,17 +114,59 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, capsys):
         )
     writer.finish({})
 
+    # The loss stays on device between sync points: the NaN of step 3 is found at the
+    # checkpoint of step 4 (logging only every 5 steps), yet named exactly, and step 4's
+    # state (frozen at step 2's by the step itself) is not saved.
     workdir = tmp_path / "run"
     code = run(
-        "pretrain_mae_ecg", workdir, *MAE_ARGS, f"data.source={data}", "train.checkpoint_every=1"
+        "pretrain_mae_ecg",
+        workdir,
+        *MAE_ARGS,
+        f"data.source={data}",
+        "train.checkpoint_every=2",
+        "train.log_every=5",
     )
     assert code == 1
     err = capsys.readouterr().err
-    assert "non-finite training loss" in err and "at step 3;" in err
+    assert "non-finite training loss at step 3;" in err
     assert "Last good checkpoint: step 2" in err
     saved = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
-    assert saved[-1] == 2
-    assert [r["step"] for r in records(workdir)] == [1, 2]
+    assert saved == [2]
+    assert records(workdir) == []
+
+
+def test_loop_fetches_from_device_only_at_log_and_checkpoint_steps(tmp_path, monkeypatch):
+    """30 steps logging every 10: any device→host transfer outside the loop's explicit
+    fetch or a checkpoint save raises, and the fetch runs once per log step (plus once
+    for the start step), not once per step."""
+    fetches, saves = [], []
+    fetch, save = loop._fetch, Checkpointer.save
+
+    def counted_fetch(tree):
+        with jax.transfer_guard_device_to_host("allow"):
+            fetches.append(1)
+            return fetch(tree)
+
+    def counted_save(self, step, *args, **kwargs):
+        with jax.transfer_guard_device_to_host("allow"):
+            saves.append(step)
+            return save(self, step, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "_fetch", counted_fetch)
+    monkeypatch.setattr(Checkpointer, "save", counted_save)
+    overrides = ("train.log_every=10", "train.eval_every=0", "train.checkpoint_every=0")
+    with jax.transfer_guard_device_to_host("disallow_explicit"):
+        code = run(
+            "pretrain_mae_ecg",
+            tmp_path,
+            *QUIET["pretrain_mae_ecg"],
+            "train.steps=40",
+            "train.stop_after=30",
+            *overrides,
+        )
+    assert code == 0
+    assert len(fetches) == 1 + 3 and saves == [30]
+    assert [r["step"] for r in records(tmp_path)] == [10, 20, 30]
 
 
 def test_batch_not_divisible_by_devices_fails_before_compiling(tmp_path, capsys):

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import sys
 import time
 from collections.abc import Callable
@@ -49,12 +48,19 @@ class NonFiniteLossError(TrainingError):
 
 @flax.struct.dataclass
 class TrainState:
-    """Everything a step changes: ``step`` (updates done), params, BN statistics, optimiser."""
+    """Everything a step changes: ``step`` (updates done), params, BN statistics, optimiser.
+
+    ``first_bad_step`` is the number of the first step whose loss was non-finite (0: none
+    yet). It is set on device, inside the step, so the loop can detect a NaN without
+    fetching the loss after every step; from that step on the step leaves the rest of the
+    state as it was, so whatever the loop saves is the last good state.
+    """
 
     step: jax.Array
     params: PyTree
     batch_stats: PyTree
     opt_state: PyTree
+    first_bad_step: jax.Array
 
 
 # ---------------------------------------------------------------------------- steps
@@ -73,6 +79,8 @@ def make_train_step(
 
     The step's rng is ``fold_in(seed_key, state.step)``: a function of the step
     number alone, so a resumed run draws exactly what the uninterrupted one did.
+    A non-finite objective or loss records the step in ``first_bad_step`` and keeps the
+    rest of the state; once it is recorded no later step changes the state either.
     """
 
     def step(state: TrainState, batch: Batch, seed_key: jax.Array):
@@ -84,11 +92,11 @@ def make_train_step(
             value, (batch_stats, metrics) = task.loss(compute_params, state.batch_stats, batch, rng)
             return value.astype(jnp.float32), (batch_stats, metrics)
 
-        (_, (batch_stats, metrics)), grads = jax.value_and_grad(objective, has_aux=True)(
+        (value, (batch_stats, metrics)), grads = jax.value_and_grad(objective, has_aux=True)(
             state.params
         )
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        new_state = TrainState(
+        updated = TrainState(
             step=state.step + 1,
             params=optax.apply_updates(state.params, updates),
             # Running statistics stay fp32 whatever the compute dtype.
@@ -96,10 +104,17 @@ def make_train_step(
                 lambda new, old: new.astype(old.dtype), batch_stats, state.batch_stats
             ),
             opt_state=opt_state,
+            first_bad_step=state.first_bad_step,
         )
         metrics = {k: v.astype(jnp.float32) for k, v in metrics.items()}
         metrics["lr"] = jnp.asarray(schedule(state.step), jnp.float32)
-        return new_state, metrics
+        finite = jnp.isfinite(value) & jnp.isfinite(metrics["loss"])
+        good_so_far = state.first_bad_step == 0
+        new_state = jax.tree.map(
+            lambda new, old: jnp.where(finite & good_so_far, new, old), updated, state
+        )
+        first_bad = jnp.where(good_so_far & ~finite, state.step + 1, state.first_bad_step)
+        return new_state.replace(first_bad_step=first_bad.astype(jnp.int32)), metrics
 
     return step
 
@@ -175,8 +190,9 @@ def _every(interval: int | None, default: int) -> int:
     return default if interval is None else interval
 
 
-def _host_metrics(metrics: dict[str, jax.Array]) -> dict[str, float]:
-    return {k: float(v) for k, v in jax.device_get(metrics).items()}
+def _fetch(tree: PyTree) -> PyTree:
+    """The one device→host transfer of the loop's metrics and NaN flag (at sync points only)."""
+    return jax.device_get(tree)
 
 
 def evaluate(
@@ -270,6 +286,7 @@ def setup(
             params=variables["params"],
             batch_stats=variables.get("batch_stats", {}),
             opt_state=tx.init(variables["params"]),
+            first_bad_step=jnp.zeros((), jnp.int32),
         )
 
     if restore is not None:
@@ -340,7 +357,7 @@ def _train(
     ckpt_every = _every(tcfg.checkpoint_every, run.steps_per_epoch)
     total_steps = run.total_steps
     end = total_steps if tcfg.stop_after is None else min(total_steps, tcfg.stop_after)
-    start = int(state.step)
+    start = int(_fetch(state.step))
     if restored is not None and jax.process_index() == 0:
         print(f"resumed from step {start} ({checkpoints.directory})", file=sys.stderr, flush=True)
     if mesh_lib.any_process(stop.requested):
@@ -359,24 +376,39 @@ def _train(
     eval_rng = jax.random.fold_in(run.seed_key, _EVAL_STREAM)
     record: dict[str, Any] = {}
     tick, tick_step = time.perf_counter(), start
+    step = start
     try:
         for step in range(start + 1, end + 1):
+            # Dispatch only: the host runs ahead and enqueues the next steps while this one
+            # computes; metrics and the NaN flag stay on device until a sync point below.
             state, metrics = run.train_step(state, next(train_iter), run.seed_key)
-            host = _host_metrics(metrics)  # one scalar sync per step: the NaN guard names its step
-            if not math.isfinite(host["loss"]):
+            bar.update(1)
+            stopping = mesh_lib.any_process(stop.requested)
+            evaluate_now = bool(eval_every and step % eval_every == 0) or step == total_steps
+            log_now = step % tcfg.log_every == 0 or evaluate_now
+            save_now = (
+                bool(ckpt_every and step % ckpt_every == 0)
+                or evaluate_now
+                or step == end
+                or stopping
+            )
+            if not (log_now or save_now):
+                continue
+            host, first_bad = _fetch((metrics, state.first_bad_step))
+            if first_bad:
                 checkpoints.wait()
                 raise NonFiniteLossError(
-                    f"non-finite training loss {host['loss']} at step {step}; stopped without "
+                    f"non-finite training loss at step {int(first_bad)}; stopped without "
                     f"saving it. Last good checkpoint: step {checkpoints.latest_step()} in "
                     f"{workdir / 'checkpoints'}"
                 )
-            bar.update(1)
+            host = {k: float(v) for k, v in host.items()}
             eval_metrics = None
-            if eval_every and step % eval_every == 0 or step == total_steps:
+            if evaluate_now:
                 eval_metrics = evaluate(
                     run.task, run.eval_step, state, run.eval_batches(), eval_rng
                 )
-            if step % tcfg.log_every == 0 or eval_metrics is not None:
+            if log_now:
                 now = time.perf_counter()
                 record = dict(host)
                 record["samples_per_sec"] = (step - tick_step) * tcfg.batch_size / (now - tick)
@@ -390,14 +422,7 @@ def _train(
                     lr=f"{host['lr']:.3g}",
                     samples_s=f"{record['samples_per_sec']:.1f}",
                 )
-            stopping = mesh_lib.any_process(stop.requested)
-            if (
-                ckpt_every
-                and step % ckpt_every == 0
-                or eval_metrics is not None
-                or step == end
-                or stopping
-            ):
+            if save_now:
                 checkpoints.save(
                     step,
                     state,
@@ -417,6 +442,6 @@ def _train(
         log.close()
         checkpoints.wait()
         checkpoints.close()
-    last = {"step": int(state.step), **record}
+    last = {"step": step, **record}
     report.finished(workdir, last)
     return last
