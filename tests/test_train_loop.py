@@ -54,6 +54,7 @@ def test_train_step_precision_and_lr(bf16):
         params=params,
         batch_stats={"mean": jnp.zeros(3)},
         opt_state=tx.init(params),
+        first_bad_step=jnp.zeros((), jnp.int32),
     )
     state = state.replace(
         opt_state=jax.tree.map(
@@ -98,3 +99,35 @@ def test_classification_metrics():
     logits = np.where(targets == 1, 3.0, -3.0)
     got = classification_metrics(logits, targets, multilabel=True)
     assert got == {"auroc": 1.0, "f1": pytest.approx(2 / 3), "accuracy": 1.0}
+
+
+def test_non_finite_step_is_recorded_on_device_and_freezes_the_state():
+    """A NaN batch at step 3: the step records 3 and keeps the state; a later finite
+    batch changes nothing either, so the last good state is what the loop can save."""
+    task = _Linear()
+    tx = optax.sgd(0.1)
+    params = {"w": jnp.ones((3, 1))}
+    state = TrainState(
+        step=jnp.asarray(2, jnp.int32),
+        params=params,
+        batch_stats={"mean": jnp.zeros(3)},
+        opt_state=tx.init(params),
+        first_bad_step=jnp.zeros((), jnp.int32),
+    )
+    step = jax.jit(make_train_step(task, tx, optax.constant_schedule(0.1), bf16=False))
+    rng = np.random.default_rng(0)
+    good = {"x": rng.normal(size=(8, 3)), "y": rng.normal(size=(8, 1))}
+    bad = {"x": np.full((8, 3), np.nan), "y": good["y"]}
+    key = jax.random.PRNGKey(0)
+    after_bad, metrics = step(state, jax.tree.map(jnp.float32, bad), key)
+    assert not np.isfinite(float(metrics["loss"])) and int(after_bad.first_bad_step) == 3
+    after_good, metrics = step(after_bad, jax.tree.map(jnp.float32, good), key)
+    assert np.isfinite(float(metrics["loss"])) and int(after_good.first_bad_step) == 3
+    for frozen in (after_bad, after_good):
+        assert int(frozen.step) == 2
+        jax.tree.map(np.testing.assert_array_equal, frozen.params, params)
+        np.testing.assert_array_equal(frozen.batch_stats["mean"], np.zeros(3))
+    # The same finite batch from the unfrozen state does update it.
+    moved, _ = step(state, jax.tree.map(jnp.float32, good), key)
+    assert int(moved.step) == 3 and int(moved.first_bad_step) == 0
+    assert not np.allclose(moved.params["w"], 1.0)
