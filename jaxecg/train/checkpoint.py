@@ -47,11 +47,18 @@ class _IteratorSnapshot:
         """Called by Grain's handler after ``set_state``; nothing runs here."""
 
 
-def abstract_like(tree: PyTree, sharding: jax.sharding.Sharding | None = None) -> PyTree:
-    """``ShapeDtypeStruct`` leaves carrying ``sharding`` (default: each array's own) — the
-    restore target."""
+def abstract_like(tree: PyTree, sharding: jax.sharding.Sharding | PyTree | None = None) -> PyTree:
+    """``ShapeDtypeStruct`` leaves carrying ``sharding`` — one for all leaves, a tree of one per
+    leaf, or (default) each array's own. The restore target: Orbax reads each leaf straight
+    into that layout, whatever device count wrote it."""
+    if sharding is None:
+        return jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree
+        )
+    if isinstance(sharding, jax.sharding.Sharding):
+        sharding = jax.tree.map(lambda _: sharding, tree)
     return jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding or x.sharding), tree
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, sharding
     )
 
 

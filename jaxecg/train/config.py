@@ -82,6 +82,12 @@ class TrainConfig(Config):
     time-boxed job that a later ``--resume`` continues). ``mixed_precision``: the
     model computes in bf16 (its ``dtype``), parameters and optimiser state stay fp32.
     ``remat``: rematerialise the transformer blocks (the model's ``remat``).
+    ``log_every``: steps between fetches of the metrics from the devices (also at
+    evaluations and checkpoints); in between, the host enqueues steps without waiting.
+
+    ``param_sharding``: ``replicated`` (every device holds all parameters and optimiser
+    state) or ``fsdp`` (each large tensor split over the devices; see
+    :func:`jaxecg.train.mesh.state_shardings`).
     """
 
     workdir: str = "runs/default"
@@ -101,6 +107,7 @@ class TrainConfig(Config):
     remat: bool = False
     stop_after: int | None = None
     progress_bar: bool = True
+    param_sharding: Literal["replicated", "fsdp"] = "replicated"
 
     def __post_init__(self) -> None:
         # Counts must be >= 1, intervals (0 = never) >= 0; None keeps the default.

@@ -11,6 +11,7 @@ on the reference's single GPU.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import sys
 import time
@@ -131,6 +132,17 @@ def make_eval_step(task: Task, *, bf16: bool):
         }
 
     return step
+
+
+def new_state(tx: optax.GradientTransformation, variables: dict[str, PyTree]) -> TrainState:
+    """Step 0 of a run from freshly initialised (or pretrained) ``variables``."""
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=variables["params"],
+        batch_stats=variables.get("batch_stats", {}),
+        opt_state=tx.init(variables["params"]),
+        first_bad_step=jnp.zeros((), jnp.int32),
+    )
 
 
 # ---------------------------------------------------------------------------- data
@@ -264,41 +276,45 @@ def setup(
             eval_set, global_batch=eval_batch, max_batches=tcfg.eval_batches, mesh=mesh
         )
 
-    # --- state: init (or pretrained weights) and optimiser, replicated over the mesh
+    # --- state: init (or pretrained weights) and optimiser, laid out by train.param_sharding
     seed_key = jax.random.PRNGKey(tcfg.seed)
     init_args = (jax.random.fold_in(seed_key, _EVAL_STREAM - 1), next(iter(eval_batches()))[0])
+    abstract_variables = jax.eval_shape(task.init_variables, *init_args)
+    variable_shardings = mesh_lib.state_shardings(abstract_variables, mesh, tcfg.param_sharding)
     if restore is not None:
         # Shapes only: the restore overwrites every value, so nothing is initialised or compiled.
-        variables = jax.eval_shape(task.init_variables, *init_args)
+        variables = abstract_variables
     else:
-        variables = jax.jit(task.init_variables, out_shardings=replicated)(*init_args)
+        variables = jax.jit(task.init_variables, out_shardings=variable_shardings)(*init_args)
         if cfg.pretrained_weights:
-            variables = mesh_lib.replicate(
-                task.load_pretrained(variables, cfg.pretrained_weights), mesh
+            variables = jax.device_put(
+                task.load_pretrained(variables, cfg.pretrained_weights), variable_shardings
             )
     tx, schedule, total_steps = task.optimizer(
         variables["params"], steps_per_epoch=train_iter.steps_per_epoch, total_steps=tcfg.steps
     )
-
-    def fresh_state(variables: dict[str, PyTree]) -> TrainState:
-        return TrainState(
-            step=jnp.zeros((), jnp.int32),
-            params=variables["params"],
-            batch_stats=variables.get("batch_stats", {}),
-            opt_state=tx.init(variables["params"]),
-            first_bad_step=jnp.zeros((), jnp.int32),
-        )
-
+    abstract_state = jax.eval_shape(functools.partial(new_state, tx), variables)
+    state_shardings = mesh_lib.state_shardings(abstract_state, mesh, tcfg.param_sharding)
     if restore is not None:
-        target = abstract_like(jax.eval_shape(fresh_state, variables), replicated)
-        state, data_state, _ = restore.restore(target)
+        state, data_state, _ = restore.restore(abstract_like(abstract_state, state_shardings))
         train_iter.set_state(data_state)
     else:
         # One compiled program builds the whole state (eager tx.init compiles one op per shape).
-        state = jax.jit(fresh_state, out_shardings=replicated)(variables)
+        state = jax.jit(functools.partial(new_state, tx), out_shardings=state_shardings)(variables)
 
-    # --- compiled steps (donated state: updated in place on device)
+    # --- compiled steps (donated state: updated in place on device, keeping its layout)
     bf16 = tcfg.mixed_precision
+    batch_sharding = mesh_lib.batch_sharding(mesh)
+    train_step = jax.jit(
+        make_train_step(task, tx, schedule, bf16=bf16),
+        in_shardings=(state_shardings, batch_sharding, replicated),
+        out_shardings=(state_shardings, replicated),
+        donate_argnums=(0,),
+    )
+    eval_step = jax.jit(
+        make_eval_step(task, bf16=bf16),
+        in_shardings=(state_shardings, batch_sharding, replicated),
+    )
     return Run(
         cfg=cfg,
         task=task,
@@ -309,8 +325,8 @@ def setup(
         steps_per_epoch=train_iter.steps_per_epoch,
         total_steps=total_steps,
         seed_key=seed_key,
-        train_step=jax.jit(make_train_step(task, tx, schedule, bf16=bf16), donate_argnums=(0,)),
-        eval_step=jax.jit(make_eval_step(task, bf16=bf16)),
+        train_step=train_step,
+        eval_step=eval_step,
     )
 
 

@@ -1,18 +1,21 @@
 """Device mesh, shardings and multi-process start-up for data-parallel training.
 
 One ``("data",)`` axis over every device of every process (:mod:`jaxecg.devices`,
-shared with inference): the batch is split along it, parameters and optimiser state
-are replicated. This module adds what only training needs: joining processes, the
-batch-size check and replication of a state.
+shared with inference): the batch is split along it. Parameters and optimiser state
+are either replicated or, with ``train.param_sharding=fsdp``, split over the same axis
+(:func:`state_shardings`; under ``jit`` XLA gathers each weight where it is used and
+reduce-scatters its gradient). This module adds what only training needs: joining
+processes, the batch-size check, and the layout of a state.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import math
+from typing import Any, Literal
 
 import jax
 import numpy as np
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxecg.devices import DATA_AXIS, batch_sharding, make_mesh, replicated, to_host
 from jaxecg.errors import ConfigError
@@ -22,13 +25,20 @@ __all__ = [
     "DATA_AXIS",
     "any_process",
     "batch_sharding",
+    "bytes_per_device",
     "check_batch_size",
+    "fsdp_spec",
     "initialize_distributed",
     "make_mesh",
     "replicate",
     "replicated",
+    "state_shardings",
     "to_host",
 ]
+
+# FSDP leaves tensors below this many elements whole: splitting biases and norms saves
+# next to nothing and adds a gather per use.
+FSDP_MIN_SIZE = 2**14
 
 
 def initialize_distributed(cfg: DistributedConfig) -> None:
@@ -50,6 +60,39 @@ def initialize_distributed(cfg: DistributedConfig) -> None:
         process_id=cfg.process_id,
         local_device_ids=list(cfg.local_device_ids) if cfg.local_device_ids else None,
     )
+
+
+def fsdp_spec(shape: tuple[int, ...], num_devices: int) -> PartitionSpec:
+    """Split the largest axis ``num_devices`` divides; small or indivisible tensors stay whole."""
+    divisible = [axis for axis, size in enumerate(shape) if size % num_devices == 0]
+    if math.prod(shape) < FSDP_MIN_SIZE or not divisible:
+        return PartitionSpec()
+    split = max(divisible, key=lambda axis: shape[axis])
+    return PartitionSpec(*(DATA_AXIS if axis == split else None for axis in range(len(shape))))
+
+
+def state_shardings(
+    tree: Any, mesh: Mesh, mode: Literal["replicated", "fsdp"] = "replicated"
+) -> Any:
+    """A ``NamedSharding`` per leaf of ``tree`` (arrays or ``ShapeDtypeStruct``s).
+
+    ``fsdp`` splits each tensor by :func:`fsdp_spec`, so a parameter and its Adam
+    moments (same shape) get the same layout; ``replicated`` copies every leaf.
+    """
+    if mode == "replicated":
+        return jax.tree.map(lambda _: replicated(mesh), tree)
+    devices = mesh.shape[DATA_AXIS]
+    return jax.tree.map(lambda x: NamedSharding(mesh, fsdp_spec(x.shape, devices)), tree)
+
+
+def bytes_per_device(tree: Any, shardings: Any) -> int:
+    """Bytes one device holds of ``tree`` laid out with ``shardings`` (from shapes alone)."""
+    sizes = jax.tree.map(
+        lambda x, s: math.prod(s.shard_shape(x.shape)) * np.dtype(x.dtype).itemsize,
+        tree,
+        shardings,
+    )
+    return sum(jax.tree.leaves(sizes))
 
 
 def check_batch_size(global_batch: int, mesh: Mesh, *, what: str = "train.batch_size") -> int:
