@@ -87,7 +87,9 @@ class TrainConfig(Config):
 
     ``param_sharding``: ``replicated`` (every device holds all parameters and optimiser
     state) or ``fsdp`` (each large tensor split over the devices; see
-    :func:`jaxecg.train.mesh.state_shardings`).
+    :func:`jaxecg.train.mesh.state_shardings`). ``grad_accum=N`` averages the gradients
+    of ``N`` micro-batches of ``batch_size / N`` in one optimiser step (see
+    :func:`jaxecg.train.loop.make_train_step` for BatchNorm and random draws).
     """
 
     workdir: str = "runs/default"
@@ -108,6 +110,7 @@ class TrainConfig(Config):
     stop_after: int | None = None
     progress_bar: bool = True
     param_sharding: Literal["replicated", "fsdp"] = "replicated"
+    grad_accum: int = 1
 
     def __post_init__(self) -> None:
         # Counts must be >= 1, intervals (0 = never) >= 0; None keeps the default.

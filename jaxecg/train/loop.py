@@ -73,8 +73,24 @@ def _cast_floats(tree: PyTree, dtype: jnp.dtype) -> PyTree:
     )
 
 
+def _micro_batches(batch: Batch, count: int) -> Batch:
+    """``(B, ...)`` → ``(count, B / count, ...)``; micro-batch ``k`` holds rows ``k, k + count, ...``.
+
+    Strided rather than contiguous: each device's block of the sharded batch then holds
+    its share of every micro-batch, so slicing one out moves no data between devices.
+    """
+    return jax.tree.map(
+        lambda x: x.reshape(x.shape[0] // count, count, *x.shape[1:]).swapaxes(0, 1), batch
+    )
+
+
 def make_train_step(
-    task: Task, tx: optax.GradientTransformation, schedule: optax.Schedule, *, bf16: bool
+    task: Task,
+    tx: optax.GradientTransformation,
+    schedule: optax.Schedule,
+    *,
+    bf16: bool,
+    grad_accum: int = 1,
 ):
     """``(state, batch, seed_key) -> (state, metrics)``: one optimiser update (not jitted).
 
@@ -82,19 +98,51 @@ def make_train_step(
     number alone, so a resumed run draws exactly what the uninterrupted one did.
     A non-finite objective or loss records the step in ``first_bad_step`` and keeps the
     rest of the state; once it is recorded no later step changes the state either.
+
+    ``grad_accum=N`` runs the objective on ``N`` micro-batches in a ``lax.scan`` and
+    applies the mean of their gradients (and reports the mean of their metrics): the
+    same update as one pass over the whole batch for an objective that is a mean over
+    examples and deterministic given them. Micro-batch ``k`` draws its randomness
+    (masks, augmentation, dropout) from ``fold_in(rng, k)``, and BatchNorm normalises
+    each micro-batch by its own statistics, the running ones updated once per micro-batch,
+    as PyTorch does when accumulating gradients.
     """
+
+    def objective(params: PyTree, batch_stats: PyTree, batch: Batch, rng: jax.Array):
+        # bf16 compute, fp32 master weights: the cast is inside grad, so grads come back fp32.
+        compute_params = _cast_floats(params, jnp.bfloat16) if bf16 else params
+        value, (batch_stats, metrics) = task.loss(compute_params, batch_stats, batch, rng)
+        metrics = {k: v.astype(jnp.float32) for k, v in metrics.items()}
+        return value.astype(jnp.float32), (batch_stats, metrics)
+
+    gradient = jax.value_and_grad(objective, has_aux=True)
+
+    def accumulated(params: PyTree, batch_stats: PyTree, batch: Batch, rng: jax.Array):
+        """``gradient``'s result averaged over ``grad_accum`` micro-batches (sums carried,
+        so memory holds one gradient, not one per micro-batch)."""
+        micro = _micro_batches(batch, grad_accum)
+
+        def body(carry, inputs):
+            sums, stats = carry
+            k, mb = inputs
+            (value, (stats, metrics)), grads = gradient(
+                params, stats, mb, jax.random.fold_in(rng, k)
+            )
+            sums = jax.tree.map(jnp.add, sums, (value, metrics, grads))
+            return (sums, stats), None
+
+        first = jax.tree.map(lambda x: x[0], micro)
+        (value, (_, metrics)), grads = jax.eval_shape(gradient, params, batch_stats, first, rng)
+        zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), (value, metrics, grads))
+        (sums, stats), _ = jax.lax.scan(body, (zeros, batch_stats), (jnp.arange(grad_accum), micro))
+        value, metrics, grads = jax.tree.map(lambda x: x / grad_accum, sums)
+        return (value, (stats, metrics)), grads
 
     def step(state: TrainState, batch: Batch, seed_key: jax.Array):
         rng = jax.random.fold_in(seed_key, state.step)
-
-        def objective(params: PyTree):
-            # bf16 compute, fp32 master weights: the cast is inside grad, so grads come back fp32.
-            compute_params = _cast_floats(params, jnp.bfloat16) if bf16 else params
-            value, (batch_stats, metrics) = task.loss(compute_params, state.batch_stats, batch, rng)
-            return value.astype(jnp.float32), (batch_stats, metrics)
-
-        (value, (batch_stats, metrics)), grads = jax.value_and_grad(objective, has_aux=True)(
-            state.params
+        compute = gradient if grad_accum == 1 else accumulated
+        (value, (batch_stats, metrics)), grads = compute(
+            state.params, state.batch_stats, batch, rng
         )
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         updated = TrainState(
@@ -107,7 +155,6 @@ def make_train_step(
             opt_state=opt_state,
             first_bad_step=state.first_bad_step,
         )
-        metrics = {k: v.astype(jnp.float32) for k, v in metrics.items()}
         metrics["lr"] = jnp.asarray(schedule(state.step), jnp.float32)
         finite = jnp.isfinite(value) & jnp.isfinite(metrics["loss"])
         good_so_far = state.first_bad_step == 0
@@ -255,7 +302,7 @@ def setup(
     """
     mesh = mesh_lib.make_mesh() if mesh is None else mesh
     tcfg = cfg.train
-    mesh_lib.check_batch_size(tcfg.batch_size, mesh)
+    mesh_lib.check_batch_size(tcfg.batch_size, mesh, micro_batches=tcfg.grad_accum)
     eval_batch = tcfg.eval_batch_size or tcfg.batch_size
     mesh_lib.check_batch_size(eval_batch, mesh, what="train.eval_batch_size")
     task = get_task(cfg.task).build(cfg)
@@ -306,7 +353,7 @@ def setup(
     bf16 = tcfg.mixed_precision
     batch_sharding = mesh_lib.batch_sharding(mesh)
     train_step = jax.jit(
-        make_train_step(task, tx, schedule, bf16=bf16),
+        make_train_step(task, tx, schedule, bf16=bf16, grad_accum=tcfg.grad_accum),
         in_shardings=(state_shardings, batch_sharding, replicated),
         out_shardings=(state_shardings, replicated),
         donate_argnums=(0,),
@@ -340,7 +387,7 @@ def train(cfg: ExperimentConfig, *, resume: Resume = False) -> dict[str, Any]:
     """
     mesh_lib.initialize_distributed(cfg.distributed)
     tcfg = cfg.train
-    mesh_lib.check_batch_size(tcfg.batch_size, mesh_lib.make_mesh())
+    mesh_lib.check_batch_size(tcfg.batch_size, mesh_lib.make_mesh(), micro_batches=tcfg.grad_accum)
     workdir = Path(tcfg.workdir).absolute()
     owner = jax.process_index() == 0
     with stop_requests() as stop, no_debris(workdir, workdir / "checkpoints", owner=owner):

@@ -95,12 +95,18 @@ def bytes_per_device(tree: Any, shardings: Any) -> int:
     return sum(jax.tree.leaves(sizes))
 
 
-def check_batch_size(global_batch: int, mesh: Mesh, *, what: str = "train.batch_size") -> int:
-    """The per-process batch; errors (before anything compiles) if devices cannot split it."""
+def check_batch_size(
+    global_batch: int, mesh: Mesh, *, what: str = "train.batch_size", micro_batches: int = 1
+) -> int:
+    """The per-process batch; errors (before anything compiles) if devices cannot split it,
+    or ``micro_batches`` (``train.grad_accum``) micro-batches that the devices split."""
     devices = mesh.devices.size
-    if global_batch <= 0 or global_batch % devices:
+    if micro_batches < 1:
+        raise ConfigError(f"train.grad_accum must be at least 1, got {micro_batches}")
+    if global_batch <= 0 or global_batch % (devices * micro_batches):
+        accum = f" times train.grad_accum={micro_batches}" if micro_batches > 1 else ""
         raise ConfigError(
-            f"{what}={global_batch} must be a positive multiple of the device count "
+            f"{what}={global_batch} must be a positive multiple of the device count{accum} "
             f"({devices} devices over {jax.process_count()} process(es))"
         )
     return global_batch // jax.process_count()
