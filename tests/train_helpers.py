@@ -47,7 +47,9 @@ TINY = {
         "train.batch_size=8",
     ],
     "finetune_ecg": _VIT + ["data.num_train=64", "data.num_eval=16", "train.batch_size=8"],
-    "pretrain_simclr_cmr": _RESNET + ["data.num_train=32", "data.num_eval=8", "train.batch_size=8"],
+    # One batch of records, the same every step: SimCLR's loss over 12 steps of changing
+    # batches swings with the batch drawn, and rounding alone flips a "loss falls" check.
+    "pretrain_simclr_cmr": _RESNET + ["data.num_train=8", "data.num_eval=8", "train.batch_size=8"],
     "finetune_cmr": _RESNET + ["data.num_train=32", "data.num_eval=12", "train.batch_size=4"],
 }
 # Adam's eps is raised so an update is a smooth function of the gradient (with 1e-8 the
