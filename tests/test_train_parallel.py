@@ -11,62 +11,61 @@ import jax
 import numpy as np
 import pytest
 from jax.sharding import AxisType, Mesh
-from train_helpers import (
-    CONFIGS,
-    TINY,
-    quiet_args,
-    records,
-)
+from train_helpers import CONFIGS, TINY, quiet_args, records
 
 from jaxecg.train.config import load_config
 from jaxecg.train.loop import TrainState, setup
 from jaxecg.train.mesh import make_mesh
 
 
-def two_steps(config: str, mesh: Mesh) -> tuple[dict, dict, TrainState]:
-    """``(metrics, params before, state after)`` of the first two steps of ``config``'s
-    end-to-end run set up on ``mesh`` (the schedule starts at lr 0, so step 2 moves)."""
+def first_step(config: str, mesh: Mesh) -> tuple[dict, TrainState]:
+    """``(metrics, state after)`` of the first step of ``config``'s end-to-end run set up on
+    ``mesh``. The step records its gradients, taken at the same initial parameters on
+    either mesh, in the optimiser's moments (after one step Adam's ``mu`` is ``0.1 * grad``)."""
     run = setup(
         load_config(CONFIGS / f"{config}.yaml", [*TINY[config], *quiet_args(config)]), mesh=mesh
     )
-    # A copy: the step donates the state, and on CPU device_get can alias its buffers.
-    before = jax.tree.map(lambda x: np.array(x, copy=True), run.state.params)
-    state = run.state
-    noise = np.random.default_rng(0)
-    for _ in range(2):
-        batch = next(run.train_iter)
-        if "image" in batch:
-            # Noise frames: the synthetic frames' clipped, flat background makes max-pool ties,
-            # whose gradient routing flips with float rounding (not a data-parallel effect).
-            batch["image"] = jax.device_put(
-                noise.uniform(size=batch["image"].shape).astype(np.float32),
-                batch["image"].sharding,
-            )
-        state, metrics = run.train_step(state, batch, run.seed_key)
-    return jax.device_get(metrics), before, jax.device_get(state)
+    batch = next(run.train_iter)
+    if "image" in batch:
+        # Noise frames: the synthetic frames' clipped, flat background makes max-pool ties,
+        # whose gradient routing flips with float rounding (not a data-parallel effect).
+        batch["image"] = jax.device_put(
+            np.random.default_rng(0).uniform(size=batch["image"].shape).astype(np.float32),
+            batch["image"].sharding,
+        )
+    state, metrics = run.train_step(run.state, batch, run.seed_key)
+    return jax.device_get(metrics), jax.device_get(state)
+
+
+def _relative_error(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
 
 
 @pytest.mark.parametrize("config", ["pretrain_mae_ecg", "pretrain_simclr_cmr"])
 def test_four_devices_match_one(config):
+    """The gradients, losses and BatchNorm statistics of one step on 4 devices equal those
+    on 1 device. Compared: the gradients themselves (through Adam's moments after the
+    first step), not Adam's updates, which divide by sqrt(v) and so turn float32 rounding
+    of a near-zero gradient into a difference of order lr."""
     devices = jax.devices()
     assert len(devices) == 4
     one = Mesh(np.array(devices[:1]), ("data",), axis_types=(AxisType.Auto,))
-    metrics_1, before, state_1 = two_steps(config, one)
-    metrics_4, _, state_4 = two_steps(config, make_mesh())
+    metrics_1, state_1 = first_step(config, one)
+    metrics_4, state_4 = first_step(config, make_mesh())
     # Tolerances: float32 sums in another order (per-device partials, then a cross-device
-    # sum). Losses agree to 1e-5 relative; each parameter leaf's update and each optimiser
-    # moment to 1 % of that leaf's largest value (the stem convolution, whose gradient sums
-    # over the most positions, differs most: ~0.5 %); BatchNorm statistics to 1e-5.
+    # sum): ~1e-6 relative; a data-parallel mistake (per-device BatchNorm statistics or
+    # NT-Xent negatives) changes the gradients by far more than 1e-4.
     for name in metrics_1:
         np.testing.assert_allclose(
             metrics_4[name], metrics_1[name], rtol=1e-5, atol=1e-6, err_msg=name
         )
-    update_1 = jax.tree.map(np.subtract, state_1.params, before)
-    update_4 = jax.tree.map(np.subtract, state_4.params, before)
-    assert max(np.abs(u).max() for u in jax.tree.leaves(update_1)) > 1e-4  # it did move
-    for a, b in [(update_4, update_1), (state_4.opt_state, state_1.opt_state)]:
-        for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-            assert np.abs(x - y).max() <= 0.01 * np.abs(y).max() + 1e-7
+    moments = list(zip(jax.tree.leaves(state_4.opt_state), jax.tree.leaves(state_1.opt_state)))
+    assert sum(float(np.abs(y).sum()) > 0 for _, y in moments) > len(moments) // 2
+    errors = [_relative_error(x, y) for x, y in moments if np.abs(y).max() > 0]
+    assert max(errors) <= 1e-4, max(errors)
+    for x, y in moments:
+        if not np.abs(y).max() > 0:
+            np.testing.assert_array_equal(x, y)
     jax.tree.map(
         lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5),
         state_4.batch_stats,
