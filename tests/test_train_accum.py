@@ -45,7 +45,7 @@ def test_four_micro_batches_equal_one_pass():
     tx, schedule, _ = task.optimizer(variables["params"], steps_per_epoch=4, total_steps=8)
     outcomes = []
     for accum in (1, 4):
-        step = jax.jit(make_train_step(task, tx, schedule, bf16=False, grad_accum=accum))
+        step = jax.jit(make_train_step(task, tx, schedule, grad_accum=accum))
         state, metrics = step(new_state(tx, variables), batch, key)
         outcomes.append(jax.device_get((state, metrics)))
     (one, metrics_1), (four, metrics_4) = outcomes

@@ -1,5 +1,5 @@
-"""The generic train step on a toy task (mixed precision keeps fp32 state, the lr is logged)
-and the classifiers' validation metrics."""
+"""The generic train step on a toy task (a bf16-computing task keeps fp32 state, the lr is
+logged, a non-finite step freezes the state) and the classifiers' validation metrics."""
 
 import jax
 import jax.numpy as jnp
@@ -13,12 +13,14 @@ from jaxecg.train.tasks.base import Task
 
 
 class _Linear(Task):
-    """``loss = mean((x @ w - y)^2)`` with a running mean of ``x`` as "batch statistics"."""
+    """``loss = mean((x @ w - y)^2)`` with a running mean of ``x`` as "batch statistics",
+    computed in ``dtype`` as a model with that compute dtype does (casting its parameters)."""
 
     seen_dtypes: list
 
-    def __init__(self) -> None:
+    def __init__(self, dtype=jnp.float32) -> None:
         super().__init__(cfg=None)
+        self.dtype = dtype
         self.seen_dtypes = []
 
     def datasets(self):
@@ -32,8 +34,8 @@ class _Linear(Task):
 
     def loss(self, params, batch_stats, batch, rng):
         self.seen_dtypes.append(params["w"].dtype)
-        x = batch["x"].astype(params["w"].dtype)
-        loss = jnp.mean((x @ params["w"] - batch["y"]) ** 2)
+        x, w = batch["x"].astype(self.dtype), params["w"].astype(self.dtype)
+        loss = jnp.mean((x @ w - batch["y"]) ** 2)
         return loss, ({"mean": 0.9 * batch_stats["mean"] + 0.1 * x.mean(0)}, {"loss": loss})
 
     def eval_outputs(self, params, batch_stats, batch, rng):
@@ -45,7 +47,7 @@ class _Linear(Task):
 
 @pytest.mark.parametrize("bf16", [False, True])
 def test_train_step_precision_and_lr(bf16):
-    task = _Linear()
+    task = _Linear(jnp.bfloat16 if bf16 else jnp.float32)
     schedule = optax.linear_schedule(0.1, 0.0, 10)
     tx = optax.sgd(schedule)
     params = {"w": jnp.ones((3, 1))}
@@ -66,11 +68,10 @@ def test_train_step_precision_and_lr(bf16):
         "x": rng.normal(size=(8, 3)).astype(np.float32),
         "y": rng.normal(size=(8, 1)).astype(np.float32),
     }
-    new, metrics = jax.jit(make_train_step(task, tx, schedule, bf16=bf16))(
-        state, batch, jax.random.PRNGKey(0)
-    )
-    # Compute dtype inside the loss; master weights, optimiser and statistics stay fp32.
-    assert task.seen_dtypes == [jnp.bfloat16 if bf16 else jnp.float32]
+    new, metrics = jax.jit(make_train_step(task, tx, schedule))(state, batch, jax.random.PRNGKey(0))
+    # The loss gets the fp32 master weights (the model casts); weights, optimiser and
+    # statistics stay fp32.
+    assert task.seen_dtypes == [jnp.float32]
     assert new.params["w"].dtype == jnp.float32 and new.batch_stats["mean"].dtype == jnp.float32
     assert int(new.step) == 5
     assert float(metrics["lr"]) == pytest.approx(float(schedule(4)))
@@ -114,7 +115,7 @@ def test_non_finite_step_is_recorded_on_device_and_freezes_the_state():
         opt_state=tx.init(params),
         first_bad_step=jnp.zeros((), jnp.int32),
     )
-    step = jax.jit(make_train_step(task, tx, optax.constant_schedule(0.1), bf16=False))
+    step = jax.jit(make_train_step(task, tx, optax.constant_schedule(0.1)))
     rng = np.random.default_rng(0)
     good = {"x": rng.normal(size=(8, 3)), "y": rng.normal(size=(8, 1))}
     bad = {"x": np.full((8, 3), np.nan), "y": good["y"]}

@@ -67,12 +67,6 @@ class TrainState:
 # ---------------------------------------------------------------------------- steps
 
 
-def _cast_floats(tree: PyTree, dtype: jnp.dtype) -> PyTree:
-    return jax.tree.map(
-        lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree
-    )
-
-
 def _micro_batches(batch: Batch, count: int) -> Batch:
     """``(B, ...)`` → ``(count, B / count, ...)``; micro-batch ``k`` holds rows ``k, k + count, ...``.
 
@@ -89,7 +83,6 @@ def make_train_step(
     tx: optax.GradientTransformation,
     schedule: optax.Schedule,
     *,
-    bf16: bool,
     grad_accum: int = 1,
 ):
     """``(state, batch, seed_key) -> (state, metrics)``: one optimiser update (not jitted).
@@ -109,9 +102,9 @@ def make_train_step(
     """
 
     def objective(params: PyTree, batch_stats: PyTree, batch: Batch, rng: jax.Array):
-        # bf16 compute, fp32 master weights: the cast is inside grad, so grads come back fp32.
-        compute_params = _cast_floats(params, jnp.bfloat16) if bf16 else params
-        value, (batch_stats, metrics) = task.loss(compute_params, batch_stats, batch, rng)
+        # Mixed precision is the model's: it computes in its ``dtype`` from these fp32
+        # parameters, so the gradients come back fp32.
+        value, (batch_stats, metrics) = task.loss(params, batch_stats, batch, rng)
         metrics = {k: v.astype(jnp.float32) for k, v in metrics.items()}
         return value.astype(jnp.float32), (batch_stats, metrics)
 
@@ -167,12 +160,11 @@ def make_train_step(
     return step
 
 
-def make_eval_step(task: Task, *, bf16: bool):
+def make_eval_step(task: Task):
     """``(state, batch, rng) -> per-example outputs`` (not jitted)."""
 
     def step(state: TrainState, batch: Batch, rng: jax.Array):
-        params = _cast_floats(state.params, jnp.bfloat16) if bf16 else state.params
-        outputs = task.eval_outputs(params, state.batch_stats, batch, rng)
+        outputs = task.eval_outputs(state.params, state.batch_stats, batch, rng)
         return {
             k: v.astype(jnp.float32) if jnp.issubdtype(v.dtype, jnp.floating) else v
             for k, v in outputs.items()
@@ -350,16 +342,15 @@ def setup(
         state = jax.jit(functools.partial(new_state, tx), out_shardings=state_shardings)(variables)
 
     # --- compiled steps (donated state: updated in place on device, keeping its layout)
-    bf16 = tcfg.mixed_precision
     batch_sharding = mesh_lib.batch_sharding(mesh)
     train_step = jax.jit(
-        make_train_step(task, tx, schedule, bf16=bf16, grad_accum=tcfg.grad_accum),
+        make_train_step(task, tx, schedule, grad_accum=tcfg.grad_accum),
         in_shardings=(state_shardings, batch_sharding, replicated),
         out_shardings=(state_shardings, replicated),
         donate_argnums=(0,),
     )
     eval_step = jax.jit(
-        make_eval_step(task, bf16=bf16),
+        make_eval_step(task),
         in_shardings=(state_shardings, batch_sharding, replicated),
     )
     return Run(
