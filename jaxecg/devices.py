@@ -37,3 +37,17 @@ def to_host(x: jax.Array) -> np.ndarray:
     from jax.experimental import multihost_utils
 
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def from_host(x: np.ndarray, sharding: jax.sharding.Sharding) -> jax.Array:
+    """A host array that every process holds whole, as a global array laid out with
+    ``sharding`` (each process places only the shards on its own devices)."""
+    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+
+def sync_processes(name: str) -> None:
+    """Wait until every process has reached the point called ``name`` (one process: no-op)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)

@@ -11,7 +11,9 @@ Output in ``DIR``::
     index.csv        row, split, record_id, label (one line per row of embeddings.npy)
     embed.json       what was embedded with what (the run's signature)
 
-Batches are sharded over every device (a ``("data",)`` mesh, parameters replicated).
+Batches are sharded over every device of every process (a ``("data",)`` mesh,
+parameters replicated); with several processes (after ``jax.distributed.initialize``)
+each gathers the features and process 0 alone writes the files.
 Work is cut into chunks of ``--chunk-size`` records, each written atomically to
 ``DIR/chunks/`` as soon as it is done; an interrupted run started again with the
 same arguments skips the finished chunks, and the final files are assembled (and the
@@ -222,9 +224,8 @@ class BatchedFeatures:
     ) -> Iterator[tuple[np.ndarray, list[Any]]]:
         """``((n, D) float32 features, n labels)`` of ``records[start:stop]``, batch by batch
         (each record is loaded once)."""
-        import jax
-
         from jaxecg.data.augment_ecg import crop
+        from jaxecg.devices import from_host, to_host
 
         if self.encoder.kind != records.modality:
             raise UsageError(
@@ -238,8 +239,10 @@ class BatchedFeatures:
             if self._time_steps is not None:
                 batch = np.asarray(crop(None, batch, self._time_steps, train=False))
             padding = np.repeat(batch[-1:], self.batch_size - len(batch), 0)
-            padded = jax.device_put(np.concatenate([batch, padding]), self._sharding)
-            features = np.asarray(self._compiled(self._params, padded))[: hi - lo]
+            # Every process holds the whole batch and places its own shards; the features
+            # are gathered back to every process.
+            padded = from_host(np.concatenate([batch, padding]), self._sharding)
+            features = to_host(self._compiled(self._params, padded))[: hi - lo]
             yield features.astype(np.float32), [label for _, label, *_ in loaded]
 
     def __call__(
@@ -278,7 +281,10 @@ def embed(
     ``max_chunks``: stop after computing this many new chunks (an interruption on
     purpose). Returns whether the output is complete.
     """
+    import jax
     import tqdm
+
+    from jaxecg.devices import sync_processes
 
     if encoder.kind != records.modality:
         raise UsageError(
@@ -300,11 +306,17 @@ def embed(
             return True
     elif out.exists() and any(out.iterdir()):
         raise UsageError(f"--out {out} exists, is not empty and holds no {SIGNATURE}")
-    (out / CHUNKS).mkdir(parents=True, exist_ok=True)
-    write_atomic(out / SIGNATURE, lambda f: f.write((json.dumps(sig, indent=2) + "\n").encode()))
-
     num_chunks = -(-len(records) // chunk_size)
     todo = [c for c in range(num_chunks) if not _chunk_path(out, c).is_file()]
+    # Several processes: each computes its shards of every batch, process 0 alone writes.
+    # All have read the directory above before it writes anything, so all run the same chunks.
+    writer = jax.process_index() == 0
+    sync_processes("jaxecg.embed: read the output directory")
+    if writer:
+        (out / CHUNKS).mkdir(parents=True, exist_ok=True)
+        write_atomic(
+            out / SIGNATURE, lambda f: f.write((json.dumps(sig, indent=2) + "\n").encode())
+        )
     remaining = sum(min(chunk_size, len(records) - c * chunk_size) for c in todo)
     bar = tqdm.tqdm(
         total=len(records),
@@ -319,10 +331,12 @@ def embed(
         try:
             for computed, chunk in enumerate(todo):
                 if max_chunks is not None and computed >= max_chunks:
+                    sync_processes("jaxecg.embed: chunks written")
                     return False
                 start, stop = chunk * chunk_size, min((chunk + 1) * chunk_size, len(records))
                 chunk_rows = features(records, start, stop, on_batch=bar.update)
-                write_atomic(_chunk_path(out, chunk), functools.partial(_save_npy, chunk_rows))
+                if writer:
+                    write_atomic(_chunk_path(out, chunk), functools.partial(_save_npy, chunk_rows))
                 if stop_request.requested and chunk != todo[-1]:
                     raise Interrupted(
                         f"stopped by {stop_request.name} with {num_chunks - len(todo) + computed + 1}"
@@ -331,7 +345,9 @@ def embed(
                     )
         finally:
             bar.close()
-    _assemble(out, records, num_chunks)
+    if writer:
+        _assemble(out, records, num_chunks)
+    sync_processes("jaxecg.embed: files written")
     return True
 
 

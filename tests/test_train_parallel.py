@@ -1,18 +1,25 @@
 """Data parallelism: a step on 4 devices equals the step on 1 device for the same global
 batch (MAE; SimCLR, whose NT-Xent and BatchNorm must see the global batch), and a
-two-process ``jax.distributed`` run on localhost agrees on the loss in both processes."""
+two-process ``jax.distributed`` run on localhost feeds each process its own records and
+computes what one process computes on the same global batches."""
 
+import json
 import os
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
 from jax.sharding import AxisType, Mesh
+from multihost_worker import EMBED_ENCODER
 from train_helpers import CONFIGS, TINY, quiet_args, records
 
+from jaxecg.devices import batch_sharding
+from jaxecg.embed import EMBEDDINGS, INDEX, SIGNATURE, embed, open_data
+from jaxecg.encoders import load_encoder
 from jaxecg.train.config import load_config
 from jaxecg.train.loop import TrainState, setup
 from jaxecg.train.mesh import make_mesh
@@ -79,23 +86,33 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_two_processes_agree_on_the_loss(tmp_path):
+MULTIHOST = (
+    *quiet_args("pretrain_mae_ecg"),
+    "train.stop_after=3",
+    "train.eval_every=0",
+    "train.progress_bar=false",
+)
+
+
+def test_two_processes_feed_disjoint_halves_and_match_one_process(tmp_path):
+    """Two ``jax.distributed`` processes of 2 devices each on localhost: at every step they
+    feed disjoint records whose union is the one-process loader's global batch, their
+    losses equal a one-process run's on the same global batches, and ``embed`` writes the
+    same files as one process."""
     port = _free_port()
+    workdir = tmp_path / "run"
     argv = [
         sys.executable,
-        "-m",
-        "jaxecg",
-        "train",
+        str(Path(__file__).with_name("multihost_worker.py")),
+        str(tmp_path),
         str(CONFIGS / "pretrain_mae_ecg.yaml"),
         *TINY["pretrain_mae_ecg"],
-        "train.steps=12",
-        "train.stop_after=3",
-        "train.eval_every=0",
-        f"train.workdir={tmp_path}",
-        "train.progress_bar=false",
+        *MULTIHOST,
+        f"train.workdir={workdir}",
         f"distributed.coordinator_address=127.0.0.1:{port}",
         "distributed.num_processes=2",
     ]
+    # The session's compilation cache (JAX_COMPILATION_CACHE_DIR) is inherited.
     env = {
         **os.environ,
         "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
@@ -118,9 +135,48 @@ def test_two_processes_agree_on_the_loss(tmp_path):
             p.kill()
     for p, out in zip(procs, outputs):
         assert p.returncode == 0, out[-3000:]
-    first, second = records(tmp_path), records(tmp_path, "metrics.process1.jsonl")
-    assert [r["step"] for r in first] == [1, 2, 3]
-    assert [r["step"] for r in second] == [1, 2, 3]
-    for a, b in zip(first, second):
-        assert (a["loss"], a["lr"], a["ncc"]) == (b["loss"], b["lr"], b["ncc"])
-    assert (tmp_path / "checkpoints" / "3").is_dir()
+
+    # One process on 4 devices: its loader's batches, and the two processes' batches.
+    run = setup(
+        load_config(
+            CONFIGS / "pretrain_mae_ecg.yaml",
+            [*TINY["pretrain_mae_ecg"], *MULTIHOST, f"train.workdir={tmp_path / 'one'}"],
+        )
+    )
+    train_set, _ = run.task.datasets()
+    index_of = {train_set[i]["ecg"].tobytes(): i for i in range(len(train_set))}
+    fed = [json.loads((tmp_path / f"fed{i}.json").read_text()) for i in range(2)]
+    state, losses = run.state, []
+    for first, second in zip(*fed, strict=True):
+        own = [index_of[row.tobytes()] for row in np.asarray(next(run.train_iter)["ecg"])]
+        assert len(first) == len(second) == 4 and not set(first) & set(second)
+        assert set(first) | set(second) == set(own)
+        # The global batch of the two processes: process 0's rows, then process 1's.
+        rows = [train_set[i] for i in first + second]
+        batch = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+        state, metrics = run.train_step(
+            state, jax.device_put(batch, batch_sharding(run.mesh)), run.seed_key
+        )
+        losses.append(float(metrics["loss"]))
+    assert len(losses) == 3
+    for name in ("metrics.jsonl", "metrics.process1.jsonl"):
+        logged = records(workdir, name)
+        assert [r["step"] for r in logged] == [1, 2, 3]
+        np.testing.assert_allclose([r["loss"] for r in logged], losses, rtol=1e-5)
+    assert (workdir / "checkpoints" / "3").is_dir()
+
+    one = tmp_path / "embed_one"
+    encoder = load_encoder("pluto", kind="ecg", seed=5, **EMBED_ENCODER)
+    embed(
+        encoder,
+        open_data("synthetic-ecg", num_records=10),
+        one,
+        batch_size=4,
+        chunk_size=4,
+        progress=False,
+    )
+    for name in (EMBEDDINGS, INDEX, SIGNATURE):
+        assert (tmp_path / "embed" / name).read_bytes() == (one / name).read_bytes(), name
+    assert sorted(p.name for p in (tmp_path / "embed").iterdir()) == sorted(
+        p.name for p in one.iterdir()
+    )
