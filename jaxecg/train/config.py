@@ -125,6 +125,7 @@ class TrainConfig(Config):
             "keep_best": 0,
             "log_every": 1,
             "stop_after": 1,
+            "grad_accum": 1,
         }
         for key, low in minimum.items():
             value = getattr(self, key)

@@ -101,8 +101,6 @@ def check_batch_size(
     """The per-process batch; errors (before anything compiles) if devices cannot split it,
     or ``micro_batches`` (``train.grad_accum``) micro-batches that the devices split."""
     devices = mesh.devices.size
-    if micro_batches < 1:
-        raise ConfigError(f"train.grad_accum must be at least 1, got {micro_batches}")
     if global_batch <= 0 or global_batch % (devices * micro_batches):
         accum = f" times train.grad_accum={micro_batches}" if micro_batches > 1 else ""
         raise ConfigError(

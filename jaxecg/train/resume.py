@@ -26,7 +26,8 @@ from jaxecg.train.checkpoint import Checkpointer
 Resume = bool | Literal["auto"]
 
 # Keys a resumed run may change: how long it runs, how often it logs/evaluates/saves,
-# how it reports, where it lives and how a (re-queued) cluster job reaches its peers.
+# how it reports, how its state is laid out over the devices (the restore re-lays it), where
+# it lives and how a (re-queued) cluster job reaches its peers.
 MAY_CHANGE = frozenset(
     {
         "train.steps",
@@ -36,6 +37,7 @@ MAY_CHANGE = frozenset(
         "train.checkpoint_every",
         "train.keep_checkpoints",
         "train.progress_bar",
+        "train.param_sharding",
         "train.workdir",
         "distributed.coordinator_address",
         "distributed.process_id",
