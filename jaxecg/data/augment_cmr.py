@@ -84,7 +84,9 @@ def _grayscale(x: jax.Array) -> jax.Array:
 
 
 def _blend(x: jax.Array, other: jax.Array, factor: jax.Array) -> jax.Array:
-    # torchvision clamps float images to [0, 1] after every colour operation.
+    # torchvision clamps float images to [0, 1] after every colour operation. The factor
+    # takes the image's dtype, so bf16 images (mixed precision) stay bf16.
+    factor = factor.astype(x.dtype)
     return jnp.clip(factor * x + (1.0 - factor) * other, 0.0, 1.0)
 
 
@@ -181,12 +183,17 @@ def resized_crop(
 
     Separable bilinear resampling with antialiasing when shrinking, as
     torchvision's ``resized_crop``; two small matrix products, so it stays cheap
-    to compile under ``vmap``.
+    to compile under ``vmap``. The products run in ``x``'s dtype: fp32 images at full
+    precision (torchvision's results), bf16 ones (mixed precision) in bf16 like the model
+    that consumes them — they would be rounded to bf16 at its input anyway.
     """
     f32 = jnp.float32
     rows = _interpolation_matrix(top.astype(f32), h.astype(f32), x.shape[0], size)
     cols = _interpolation_matrix(left.astype(f32), w.astype(f32), x.shape[1], size)
-    out = jnp.einsum("oh,hwc,pw->opc", rows, x, cols, precision=jax.lax.Precision.HIGHEST)
+    precision = jax.lax.Precision.HIGHEST if x.dtype == f32 else None
+    out = jnp.einsum(
+        "oh,hwc,pw->opc", rows.astype(x.dtype), x, cols.astype(x.dtype), precision=precision
+    )
     return out.astype(x.dtype)
 
 

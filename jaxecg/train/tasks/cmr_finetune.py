@@ -80,14 +80,18 @@ class CMRFinetuneTask(Task):
         return logits, updates["batch_stats"]
 
     def loss(self, params, batch_stats, batch, rng):
-        images = cmr_train_view_batch(rng, batch["image"], self.cfg.data.augment, True)
+        images = cmr_train_view_batch(
+            rng, batch["image"].astype(self.model_cfg.dtype), self.cfg.data.augment, True
+        )
         logits, batch_stats = self._logits(params, batch_stats, images, train=True)
         loss = cmr_classifier_loss(self.model_cfg, logits.astype(jnp.float32), batch["label"])
         accuracy = jnp.mean(jnp.argmax(logits, axis=-1) == batch["label"])
         return loss, (batch_stats, {"loss": loss, "accuracy": accuracy})
 
     def eval_outputs(self, params, batch_stats, batch, rng):
-        images = cmr_train_view_batch(rng, batch["image"], self.cfg.data.augment, False)
+        images = cmr_train_view_batch(
+            rng, batch["image"].astype(self.model_cfg.dtype), self.cfg.data.augment, False
+        )
         logits, _ = self._logits(params, batch_stats, images, train=False)
         logits = logits.astype(jnp.float32)
         loss = cmr_classifier_loss(self.model_cfg, logits, batch["label"])

@@ -108,7 +108,9 @@ class SimCLRTask(Task):
         return out, updates["batch_stats"]
 
     def _objectives(self, params, batch_stats, batch, rng, train: bool):
-        view0, view1 = cmr_contrastive_views_batch(rng, batch["image"], self.cfg.data.augment)
+        view0, view1 = cmr_contrastive_views_batch(
+            rng, batch["image"].astype(self.model_cfg.dtype), self.cfg.data.augment
+        )
         # Each view is its own forward pass, so BatchNorm sees per-view batches as in the reference.
         (z0, h0), batch_stats = self._embed(params["model"], batch_stats, view0, train)
         (z1, _), batch_stats = self._embed(params["model"], batch_stats, view1, train)
