@@ -55,6 +55,9 @@ JAX_ATTENTION = ("softmax", "dpa", "blocked")
 TORCH_ATTENTION = ("explicit", "sdpa")
 TORCH_REFERENCE = "explicit"  # what the reference's timm fork runs
 IMAGE_SIZE = 210  # the reference's CMR img_size
+ECG_TIME = 2500  # the reference's ECG length: 12 leads x 2500 samples, 300 patches of 100
+ECG_PATCH = 100
+CONFIG_ATTENTION = "auto"  # jax_model variant: the backend the model config picks
 MAE_OPTIM = {"lr": 1.5e-4, "b1": 0.9, "b2": 0.95, "weight_decay": 0.05}  # reference MAE AdamW
 SIMCLR_OPTIM = {"lr": 3e-3, "weight_decay": 1e-4}  # reference SimCLR Adam (L2 on the gradient)
 
@@ -83,27 +86,32 @@ class Job:
 # ---------------------------------------------------------------------------------------
 
 
-def model_config(workload: str, backbone: str) -> Any:
+def model_config(workload: str, backbone: str, ecg_time: int = ECG_TIME) -> Any:
     """The config of the model a workload runs (imports jaxecg, not torch)."""
     from jaxecg.models import MAEConfig, ResNetConfig, SimCLRConfig, ViTConfig
 
+    ecg = {"img_size": (1, 12, ecg_time)}
     return {
-        "encoder_fwd": lambda: ViTConfig.preset("tiny"),
-        "mae_step": lambda: MAEConfig.preset("tiny"),
+        "encoder_fwd": lambda: ViTConfig.preset("tiny", **ecg),
+        "mae_step": lambda: MAEConfig.preset("tiny", **ecg),
         "resnet_fwd": lambda: ResNetConfig.preset(backbone),
         "simclr_step": lambda: SimCLRConfig.preset(backbone),
     }[workload]()
 
 
 def inputs(
-    workload: str, batch: int, seed: int = 0, image_size: int = IMAGE_SIZE
+    workload: str,
+    batch: int,
+    seed: int = 0,
+    image_size: int = IMAGE_SIZE,
+    ecg_time: int = ECG_TIME,
 ) -> dict[str, np.ndarray]:
-    """Deterministic inputs in the reference's layouts: ECG ``(B, 1, 12, 2500)``, images NCHW."""
+    """Deterministic inputs in the reference's layouts: ECG ``(B, 1, 12, T)``, images NCHW."""
     rng = np.random.default_rng(seed)
     if workload in ("encoder_fwd", "mae_step"):
-        arrays = {"x": rng.standard_normal((batch, 1, 12, 2500), dtype=np.float32)}
+        arrays = {"x": rng.standard_normal((batch, 1, 12, ecg_time), dtype=np.float32)}
         if workload == "mae_step":
-            arrays["noise"] = rng.random((batch, 300), dtype=np.float32)
+            arrays["noise"] = rng.random((batch, 12 * ecg_time // ECG_PATCH), dtype=np.float32)
         return arrays
     shape = (batch, 3, image_size, image_size)
     if workload == "resnet_fwd":
@@ -180,13 +188,13 @@ def jax_attention(name: str) -> Callable[..., Any]:
 
 
 def jax_model(workload: str, config: Any, variant: str) -> Any:
+    """The Flax model; ``variant``: a JAX_ATTENTION kernel, or CONFIG_ATTENTION (the config's)."""
     from jaxecg.models import MAE, CMREncoder, ECGEncoder, SimCLR
 
-    if workload == "encoder_fwd":
-        return ECGEncoder(config, attention_fn=jax_attention(variant))
-    if workload == "mae_step":
-        return MAE(config, attention_fn=jax_attention(variant))
-    return CMREncoder(config) if workload == "resnet_fwd" else SimCLR(config)
+    if workload in ("resnet_fwd", "simclr_step"):
+        return CMREncoder(config) if workload == "resnet_fwd" else SimCLR(config)
+    attention_fn = None if variant == CONFIG_ATTENTION else jax_attention(variant)
+    return (ECGEncoder if workload == "encoder_fwd" else MAE)(config, attention_fn=attention_fn)
 
 
 def jax_optimizer(workload: str) -> Any:
@@ -248,23 +256,40 @@ def load_flax(path: Path) -> dict[str, Any]:
         return traverse_util.unflatten_dict({tuple(k.split("/")): flat[k] for k in flat.files})
 
 
-def jax_step(job: Job) -> Callable[[], Any]:
-    """The timed JAX callable of a job (compiled on its first call)."""
+class JaxStep:
+    """A workload's jitted function on fixed data, compiled ahead of time on the first call.
+
+    Forwards return the features. Train steps return the loss before the update and keep
+    the updated state (params, BatchNorm statistics, optimiser state; donated). After the
+    first call, ``compiled`` is the XLA executable, e.g. for its ``cost_analysis()``.
+    """
+
+    def __init__(self, fn: Any, state: list[Any], data: dict[str, Any], train: bool) -> None:
+        self.fn, self.state, self.data, self.train = fn, state, data, train
+        self.compiled: Any = None
+
+    def __call__(self) -> Any:
+        if self.compiled is None:
+            self.compiled = self.fn.lower(*self.state, self.data).compile()
+        out = self.compiled(*self.state, self.data)
+        if self.train:
+            *self.state, out = out
+        return out.block_until_ready()
+
+
+def jax_runner(workload: str, model: Any, variables: dict, data: dict[str, Any]) -> JaxStep:
+    """The timed JAX step of ``workload``; a train step donates (consumes) ``variables``."""
     import functools
 
     import jax
     import jax.numpy as jnp
 
-    config = model_config(job.workload, json.loads(Path(job.weights, "backbone").read_text()))
-    model = jax_model(job.workload, config, job.attention)
-    variables = jax.tree.map(jnp.asarray, load_flax(Path(job.weights, f"{job.workload}.flax.npz")))
-    data = jax_data(job.workload, inputs(job.workload, job.batch))
-    if job.workload in ("encoder_fwd", "resnet_fwd"):
+    if workload in ("encoder_fwd", "resnet_fwd"):
         forward = jax.jit(lambda v, d: model.apply(v, d["x"]))
-        return lambda: forward(variables, data).block_until_ready()
+        return JaxStep(forward, [variables], data, train=False)
 
-    loss_fn = jax_loss_fn(job.workload, model)
-    tx = jax_optimizer(job.workload)
+    loss_fn = jax_loss_fn(workload, model)
+    tx = jax_optimizer(workload)
 
     @functools.partial(jax.jit, donate_argnums=(0, 1, 2))
     def train_step(params: Any, batch_stats: Any, opt_state: Any, d: dict) -> tuple:
@@ -275,14 +300,20 @@ def jax_step(job: Job) -> Callable[[], Any]:
         return jax.tree.map(jnp.add, params, updates), batch_stats, opt_state, loss
 
     params, batch_stats = variables["params"], variables.get("batch_stats", {})
-    state = [params, batch_stats, tx.init(params)]
+    return JaxStep(train_step, [params, batch_stats, tx.init(params)], data, train=True)
 
-    def step() -> jax.Array:
-        params, batch_stats, opt_state, loss = train_step(*state, data)
-        state[:] = [params, batch_stats, opt_state]
-        return loss.block_until_ready()
 
-    return step
+def jax_step(job: Job) -> Callable[[], Any]:
+    """The timed JAX callable of a job (compiled on its first call)."""
+    import jax
+    import jax.numpy as jnp
+
+    config = model_config(job.workload, json.loads(Path(job.weights, "backbone").read_text()))
+    model = jax_model(job.workload, config, job.attention)
+    variables = jax.tree.map(jnp.asarray, load_flax(Path(job.weights, f"{job.workload}.flax.npz")))
+    return jax_runner(
+        job.workload, model, variables, jax_data(job.workload, inputs(job.workload, job.batch))
+    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -302,29 +333,64 @@ def torch_model(workload: str, config: dict, variant: str) -> Any:
     return ref.SimCLR(config["encoder"]["backbone"], config["projection_dim"])
 
 
-def torch_step(job: Job) -> Callable[[], Any]:
-    """The timed torch callable of a job."""
+def torch_weights(workload: str, weights: str | Path, attention: str) -> Any:
+    """The torch model of ``workload`` with the weights ``save_weights`` exported (on the CPU)."""
+    from benchmarks import torch_reference as ref
+
+    config = json.loads(Path(weights, f"{workload}.config.json").read_text())
+    with np.load(Path(weights, f"{workload}.torch.npz")) as arrays:
+        return ref.load_arrays(torch_model(workload, config, attention), dict(arrays))
+
+
+def torch_runner(
+    workload: str,
+    model: Any,
+    data: dict[str, Any],
+    autocast: Any = None,
+    compile_backend: str | None = None,
+) -> Callable[[], Any]:
+    """The timed torch step of ``workload`` on the device of ``data``; blocks until done.
+
+    ``autocast``: a dtype for ``torch.autocast`` (AMP) around the forward and loss, the
+    backward outside it as torch recommends. ``compile_backend``: run the model through
+    ``torch.compile`` (static shapes) with that backend; the optimiser stays eager.
+    """
+    import contextlib
+
     import torch
 
     from benchmarks import torch_reference as ref
 
-    torch.set_num_threads(job.threads)
-    config = json.loads(Path(job.weights, f"{job.workload}.config.json").read_text())
-    with np.load(Path(job.weights, f"{job.workload}.torch.npz")) as arrays:
-        model = ref.load_arrays(torch_model(job.workload, config, job.attention), dict(arrays))
-    data = {k: torch.from_numpy(v) for k, v in inputs(job.workload, job.batch).items()}
-    if job.workload in ("encoder_fwd", "resnet_fwd"):
-        model.eval()
+    device = next(iter(data.values())).device
 
-        def forward() -> torch.Tensor:
-            with torch.inference_mode():
-                return model(data["x"])
+    def amp() -> contextlib.AbstractContextManager:
+        if autocast is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device.type, dtype=autocast)
 
-        return forward
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
 
-    model.train()
+    def compiled(module: torch.nn.Module) -> Callable[..., Any]:
+        if compile_backend is None:
+            return module
+        return torch.compile(module, backend=compile_backend, dynamic=False)
+
+    if workload in ("encoder_fwd", "resnet_fwd"):
+        forward = compiled(model.eval())
+
+        def infer() -> torch.Tensor:
+            with torch.inference_mode(), amp():
+                out = forward(data["x"])
+            sync()
+            return out
+
+        return infer
+
+    forward = compiled(model.train())
     params = [p for p in model.parameters() if p.requires_grad]
-    if job.workload == "mae_step":
+    if workload == "mae_step":
         o = MAE_OPTIM
         opt = torch.optim.AdamW(
             params, lr=o["lr"], betas=(o["b1"], o["b2"]), weight_decay=o["weight_decay"]
@@ -334,15 +400,27 @@ def torch_step(job: Job) -> Callable[[], Any]:
 
     def step() -> torch.Tensor:
         opt.zero_grad(set_to_none=True)
-        if job.workload == "mae_step":
-            loss = model(data["x"], data["noise"])[0]
-        else:
-            loss = ref.nt_xent(model(data["x0"]), model(data["x1"]), 0.1)
+        with amp():
+            if workload == "mae_step":
+                loss = forward(data["x"], data["noise"])[0]
+            else:
+                loss = ref.nt_xent(forward(data["x0"]), forward(data["x1"]), 0.1)
         loss.backward()
         opt.step()
+        sync()
         return loss.detach()
 
     return step
+
+
+def torch_step(job: Job) -> Callable[[], Any]:
+    """The timed torch callable of a job."""
+    import torch
+
+    torch.set_num_threads(job.threads)
+    data = {k: torch.from_numpy(v) for k, v in inputs(job.workload, job.batch).items()}
+    model = torch_weights(job.workload, job.weights, job.attention)
+    return torch_runner(job.workload, model, data)
 
 
 # ---------------------------------------------------------------------------------------
@@ -374,14 +452,14 @@ def _grad_diff(j_grads: dict[str, Any], t_grads: dict[str, np.ndarray]) -> str:
     return f"worst {worst}: {_diff(j_grads[worst].numpy(), t_grads[worst])}, rel {rel[worst]:.1e}"
 
 
-def save_weights(workload: str, backbone: str, weights: Path) -> tuple[Any, dict, dict]:
-    """Init the Flax model, export it, save both sides; -> ``(config, variables, state)``."""
+def save_weights(workload: str, config: Any, weights: Path) -> tuple[dict, dict]:
+    """Init the Flax model of ``config``, export it, save both sides; -> ``(variables, state)``."""
     from flax import traverse_util
 
     from convert import export
     from convert.targets import binding
 
-    kind, config = KINDS[workload], model_config(workload, backbone)
+    kind = KINDS[workload]
     variables = binding(kind).init(config)
     state = {k: v.numpy() for k, v in export(variables, kind, config).items()}
     flat = traverse_util.flatten_dict(variables)
@@ -390,7 +468,7 @@ def save_weights(workload: str, backbone: str, weights: Path) -> tuple[Any, dict
     )
     np.savez(weights / f"{workload}.torch.npz", **state)
     (weights / f"{workload}.config.json").write_text(json.dumps(config.to_dict()))
-    return config, variables, state
+    return variables, state
 
 
 def check_parity(
@@ -670,7 +748,8 @@ def main() -> None:
         start = time.perf_counter()
         Path(weights, "backbone").write_text(json.dumps(args.backbone))
         for workload in args.workloads:
-            config, variables, state = save_weights(workload, args.backbone, Path(weights))
+            config = model_config(workload, args.backbone)
+            variables, state = save_weights(workload, config, Path(weights))
             for line in check_parity(
                 workload, config, variables, state, args.jax_attention, args.torch_attention
             ):
