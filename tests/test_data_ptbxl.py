@@ -8,6 +8,7 @@ statement rows, and 10-s 500 Hz 12-lead WFDB records written with ``wfdb.wrsamp`
 from __future__ import annotations
 
 import csv
+import json
 
 import numpy as np
 import pytest
@@ -215,3 +216,15 @@ def test_finetune_ptbxl_config_trains_on_it(dataset, tmp_path):
     log = records(tmp_path)
     assert [r["step"] for r in log] == [1, 2] and np.isfinite(log[-1]["val/auroc"])
     assert (tmp_path / "checkpoints" / "2").is_dir()
+    # ... and the run is scored on fold 10, every record of it, under the dataset's class names.
+    out = tmp_path / "test.json"
+    status = jaxecg_main(
+        ["evaluate", str(tmp_path), "--split", "test", "--out", str(out),
+         "--bootstrap-samples", "20", "--no-progress"]
+    )  # fmt: skip
+    assert status == 0
+    result = json.loads(out.read_text())
+    test_ids = (dataset / "test_ids.txt").read_text().split()
+    assert result["split"] == "test" and result["num_records"] == len(test_ids)
+    assert result["classes"] == ["CD", "HYP", "MI", "NORM", "STTC"]
+    assert set(result["metrics"]["per_class"]) == set(result["classes"])
