@@ -59,6 +59,9 @@ def summary(workdir: Path, last: dict[str, Any]) -> str:
 
 
 def finished(workdir: Path, last: dict[str, Any]) -> None:
-    """Print :func:`summary` (process 0)."""
+    """Print :func:`summary` (process 0). Every process builds it: reading the checkpoints
+    through Orbax is collective in a multi-process run, so process 0 alone would wait for
+    peers that have moved on (a gloo collective mismatch on CPU)."""
+    text = summary(workdir, last)
     if jax.process_index() == 0:
-        print(summary(workdir, last), flush=True)
+        print(text, flush=True)
