@@ -92,3 +92,91 @@ MULTIHOST = (
     "train.eval_every=0",
     "train.progress_bar=false",
 )
+
+
+def test_two_processes_feed_disjoint_halves_and_match_one_process(tmp_path):
+    """Two ``jax.distributed`` processes of 2 devices each on localhost: at every step they
+    feed disjoint records whose union is the one-process loader's global batch, their
+    losses equal a one-process run's on the same global batches, and ``embed`` writes the
+    same files as one process."""
+    port = _free_port()
+    workdir = tmp_path / "run"
+    argv = [
+        sys.executable,
+        str(Path(__file__).with_name("multihost_worker.py")),
+        str(tmp_path),
+        str(CONFIGS / "pretrain_mae_ecg.yaml"),
+        *TINY["pretrain_mae_ecg"],
+        *MULTIHOST,
+        f"train.workdir={workdir}",
+        f"distributed.coordinator_address=127.0.0.1:{port}",
+        "distributed.num_processes=2",
+    ]
+    # The session's compilation cache (JAX_COMPILATION_CACHE_DIR) is inherited.
+    env = {
+        **os.environ,
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+        "JAX_PLATFORMS": "cpu",
+    }
+    procs = [
+        subprocess.Popen(
+            [*argv, f"distributed.process_id={i}"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    try:
+        outputs = [p.communicate(timeout=900)[0] for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    for p, out in zip(procs, outputs):
+        assert p.returncode == 0, out[-3000:]
+
+    # One process on 4 devices: its loader's batches, and the two processes' batches.
+    run = setup(
+        load_config(
+            CONFIGS / "pretrain_mae_ecg.yaml",
+            [*TINY["pretrain_mae_ecg"], *MULTIHOST, f"train.workdir={tmp_path / 'one'}"],
+        )
+    )
+    train_set, _ = run.task.datasets()
+    index_of = {train_set[i]["ecg"].tobytes(): i for i in range(len(train_set))}
+    fed = [json.loads((tmp_path / f"fed{i}.json").read_text()) for i in range(2)]
+    state, losses = run.state, []
+    for first, second in zip(*fed, strict=True):
+        own = [index_of[row.tobytes()] for row in np.asarray(next(run.train_iter)["ecg"])]
+        assert len(first) == len(second) == 4 and not set(first) & set(second)
+        assert set(first) | set(second) == set(own)
+        # The global batch of the two processes: process 0's rows, then process 1's.
+        rows = [train_set[i] for i in first + second]
+        batch = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+        state, metrics = run.train_step(
+            state, jax.device_put(batch, batch_sharding(run.mesh)), run.seed_key
+        )
+        losses.append(float(metrics["loss"]))
+    assert len(losses) == 3
+    for name in ("metrics.jsonl", "metrics.process1.jsonl"):
+        logged = records(workdir, name)
+        assert [r["step"] for r in logged] == [1, 2, 3]
+        np.testing.assert_allclose([r["loss"] for r in logged], losses, rtol=1e-5)
+    assert (workdir / "checkpoints" / "3").is_dir()
+
+    one = tmp_path / "embed_one"
+    encoder = load_encoder("pluto", kind="ecg", seed=5, **EMBED_ENCODER)
+    embed(
+        encoder,
+        open_data("synthetic-ecg", num_records=10),
+        one,
+        batch_size=4,
+        chunk_size=4,
+        progress=False,
+    )
+    for name in (EMBEDDINGS, INDEX, SIGNATURE):
+        assert (tmp_path / "embed" / name).read_bytes() == (one / name).read_bytes(), name
+    assert sorted(p.name for p in (tmp_path / "embed").iterdir()) == sorted(
+        p.name for p in one.iterdir()
+    )
