@@ -35,10 +35,15 @@ from jaxecg.data.augment_ecg import (
     rescale,
 )
 from jaxecg.data.dataset import DatasetWriter, load_split, read_manifest
-from jaxecg.data.pipeline import Loader, make_loader
+from jaxecg.data.pipeline import Loader, make_loader, read_records
 from jaxecg.data.preprocess import baseline_als, preprocess_ecg
 from jaxecg.data.readers import check_rate, read_array, read_record, read_wfdb, resample
-from jaxecg.data.sources import ArraySource, SyntheticCMRSource, SyntheticECGSource
+from jaxecg.data.sources import (
+    ArraySource,
+    IndexSource,
+    SyntheticCMRSource,
+    SyntheticECGSource,
+)
 from jaxecg.data.synthetic import (
     CMR_CLASSES,
     ECG_CLASSES,
@@ -55,6 +60,7 @@ __all__ = [
     "CMRAugmentConfig",
     "DatasetWriter",
     "ECGAugmentConfig",
+    "IndexSource",
     "Loader",
     "SyntheticCMRSource",
     "SyntheticECGSource",
@@ -79,6 +85,7 @@ __all__ = [
     "read_array",
     "read_manifest",
     "read_record",
+    "read_records",
     "read_wfdb",
     "resample",
     "rescale",

@@ -23,7 +23,7 @@ uninterrupted run would have produced. Each process saves its own state.
 from __future__ import annotations
 
 import collections
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import grain
@@ -64,6 +64,19 @@ class _LoadRecord:
                 f"(shape, dtype kind), got {got}"
             )
         return dict(self.transform(record)) if self.transform is not None else dict(record)
+
+
+def read_records(source: Any, rows: Iterable[int]) -> Record:
+    """Records ``rows`` of ``source`` stacked per key (``{key: (len(rows), ...)}``).
+
+    Each record is checked against record 0's layout as the loader checks it, so a bad
+    record raises ``ValueError`` naming it (used to hold a whole split on the devices).
+    """
+    load = _LoadRecord(source, _layout(source[0]), None)
+    loaded = [load(index) for index in rows]
+    if not loaded:
+        raise ValueError("read_records needs at least one row")
+    return {key: np.stack([record[key] for record in loaded]) for key in loaded[0]}
 
 
 class Loader:

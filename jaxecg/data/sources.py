@@ -4,7 +4,9 @@ A source has ``len(source)`` and ``source[i] -> dict`` of per-record numpy
 arrays. Record layouts used across jaxecg:
 
 - ECG: ``{"ecg": (12, T) float32, "label": int32 scalar or (K,) float32}``;
-- CMR: ``{"image": (H, W, 3) float32 in [0, 1], "label": int32 scalar}``.
+- CMR: ``{"image": (H, W, 3) float32 in [0, 1], "label": int32 scalar}``;
+- record positions: ``{"index": int32 scalar}`` (:class:`IndexSource`, the index stream
+  of a split that is held on the devices, ``data.on_device``).
 
 ``record_name(i)`` gives a human-readable name for error messages, so a bad
 record is reported by name rather than by a stack trace from ``np.stack``.
@@ -139,3 +141,26 @@ class SyntheticCMRSource(_LazySource):
             index, seed=self.seed, size=self.size, num_classes=self.num_classes
         )
         return {"image": image, "label": np.int32(label)}
+
+
+class IndexSource:
+    """Records ``{"index": i}`` for ``i < num_records``: a split's positions, not its data.
+
+    :func:`~jaxecg.data.pipeline.make_loader` over it, with the seed and shard settings of
+    the split's own loader, yields exactly that loader's record order (the shuffle and the
+    shards depend only on the record count and those settings) and the same resumable
+    state, so a split held on the devices is read in the order the grain path reads it.
+    """
+
+    def __init__(self, num_records: int):
+        if num_records <= 0:
+            raise ValueError(f"num_records must be positive, got {num_records}")
+        self.num_records = num_records
+
+    def __len__(self) -> int:
+        return self.num_records
+
+    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+        if not 0 <= index < self.num_records:
+            raise IndexError(f"record {index} out of range for {self.num_records} records")
+        return {"index": np.int32(index)}

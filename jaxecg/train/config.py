@@ -37,12 +37,33 @@ class DataConfig(Config):
 
     ``source`` is ``"synthetic"`` (built-in generated data) or the path of a
     prepared dataset; ``num_train``/``num_eval`` size the synthetic splits.
+
+    ``on_device=true`` loads the whole training split once into device memory, its
+    records split over the devices (:mod:`jaxecg.train.on_device`): each step then
+    receives only the batch's record indices, from the same shuffled, sharded, resumable
+    index stream as the host loader (so the same batches for the same ``seed``, and the
+    same checkpointed input position), and gathers the rows inside the compiled step
+    before cropping/augmenting them as usual. The split must fit on the devices: a split
+    larger than a device's free memory is an error giving the byte count (where JAX
+    reports device memory; it does not on CPU). Evaluation keeps the host loader.
+    ``on_device_dtype``: the stored dtype of the floating-point record arrays (``ecg``,
+    ``image``; never ``label``), ``bfloat16`` halving the memory; the gathered rows are
+    cast back to float32, so the step computes as from a float32 split of the rounded
+    values.
     """
 
     source: str = "synthetic"
     num_train: int = 512
     num_eval: int = 128
     seed: int = 0
+    on_device: bool = False
+    on_device_dtype: Literal["float32", "bfloat16"] = "float32"
+
+    def __post_init__(self) -> None:
+        if self.on_device_dtype != "float32" and not self.on_device:
+            raise ConfigError(
+                f"data.on_device_dtype={self.on_device_dtype} only applies with data.on_device=true"
+            )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -27,12 +27,12 @@ import optax
 import tqdm
 from jax.sharding import Mesh
 
-from jaxecg.data import make_loader
+from jaxecg.data import IndexSource, make_loader
 from jaxecg.data.batches import padded_batches, valid_rows
 from jaxecg.errors import TrainingError
 from jaxecg.interrupts import Interrupted, StopRequest, stop_requests
 from jaxecg.train import mesh as mesh_lib
-from jaxecg.train import report
+from jaxecg.train import on_device, report
 from jaxecg.train.checkpoint import Checkpointer, abstract_like
 from jaxecg.train.config import ExperimentConfig
 from jaxecg.train.resume import Resume, no_debris, resume_step, truncate_log
@@ -265,8 +265,9 @@ class Run:
 
     ``train_step(state, batch, seed_key)`` and ``eval_step(state, batch, rng)`` are the
     compiled steps (the train step donates ``state``); ``train_iter`` yields sharded global
-    batches; ``eval_batches()`` starts a fresh pass over the eval split, ``(batch, valid)``
-    pairs covering every record.
+    batches (with ``data.on_device``: ``{"index": (B,)}``, rows of ``resident``, the split
+    held on the devices, that ``train_step`` gathers); ``eval_batches()`` starts a fresh
+    pass over the eval split, ``(batch, valid)`` pairs covering every record.
     """
 
     cfg: ExperimentConfig
@@ -280,6 +281,7 @@ class Run:
     seed_key: jax.Array
     train_step: Callable[..., Any]
     eval_step: Callable[..., Any]
+    resident: on_device.Resident | None = None
 
 
 def setup(
@@ -300,15 +302,25 @@ def setup(
     task = get_task(cfg.task).build(cfg)
     replicated = mesh_lib.replicated(mesh)
 
-    # --- data: per-process shards of every global batch, assembled into sharded arrays
+    # --- data: per-process shards of every global batch, assembled into sharded arrays;
+    # with data.on_device the batches are record indices into the split held on the devices
     train_set, eval_set = task.datasets()
+    dcfg = cfg.data
     train_iter = make_loader(
-        train_set,
+        IndexSource(len(train_set)) if dcfg.on_device else train_set,
         batch_size=tcfg.batch_size // jax.process_count(),
-        seed=cfg.data.seed,
+        seed=dcfg.seed,
         num_epochs=None,
         sharding=mesh_lib.batch_sharding(mesh),
     )
+    resident = None
+    if dcfg.on_device:
+        resident = on_device.load_split(
+            train_set,
+            mesh,
+            on_device_dtype=dcfg.on_device_dtype,
+            progress=tcfg.progress_bar and jax.process_index() == 0,
+        )
 
     def eval_batches():
         return _eval_loader(
@@ -343,12 +355,23 @@ def setup(
 
     # --- compiled steps (donated state: updated in place on device, keeping its layout)
     batch_sharding = mesh_lib.batch_sharding(mesh)
-    train_step = jax.jit(
-        make_train_step(task, tx, schedule, grad_accum=tcfg.grad_accum),
-        in_shardings=(state_shardings, batch_sharding, replicated),
-        out_shardings=(state_shardings, replicated),
-        donate_argnums=(0,),
-    )
+    step = make_train_step(task, tx, schedule, grad_accum=tcfg.grad_accum)
+    if resident is None:
+        train_step = jax.jit(
+            step,
+            in_shardings=(state_shardings, batch_sharding, replicated),
+            out_shardings=(state_shardings, replicated),
+            donate_argnums=(0,),
+        )
+    else:
+        # The gather from the resident split is part of the step's compiled program.
+        gathering = jax.jit(
+            on_device.gathering_step(step, mesh),
+            in_shardings=(state_shardings, batch_sharding, replicated, batch_sharding),
+            out_shardings=(state_shardings, replicated),
+            donate_argnums=(0,),
+        )
+        train_step = on_device.with_resident(gathering, resident)
     eval_step = jax.jit(
         make_eval_step(task),
         in_shardings=(state_shardings, batch_sharding, replicated),
@@ -365,6 +388,7 @@ def setup(
         seed_key=seed_key,
         train_step=train_step,
         eval_step=eval_step,
+        resident=resident,
     )
 
 

@@ -22,12 +22,14 @@ from typing import Any, Literal
 
 from jaxecg.errors import ConfigError, UsageError
 from jaxecg.train.checkpoint import Checkpointer
+from jaxecg.train.config import ExperimentConfig
 
 Resume = bool | Literal["auto"]
 
 # Keys a resumed run may change: how long it runs, how often it logs/evaluates/saves,
 # how it reports, how its state is laid out over the devices (the restore re-lays it), where
-# it lives and how a (re-queued) cluster job reaches its peers.
+# it lives, how a (re-queued) cluster job reaches its peers, and whether the training split
+# is read by the host loader or held on the devices (the same batches either way).
 MAY_CHANGE = frozenset(
     {
         "train.steps",
@@ -39,6 +41,7 @@ MAY_CHANGE = frozenset(
         "train.progress_bar",
         "train.param_sharding",
         "train.workdir",
+        "data.on_device",
         "distributed.coordinator_address",
         "distributed.process_id",
     }
@@ -67,6 +70,16 @@ def config_differences(stored: dict[str, Any], given: dict[str, Any]) -> list[st
     ]
 
 
+def with_defaults(stored: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's config with the keys added to the configs since it was written at their
+    defaults (e.g. ``data.on_device``), so they do not count as changes; as stored when it no
+    longer parses (then its differences name what changed)."""
+    try:
+        return ExperimentConfig.from_dict(stored).to_dict()
+    except ConfigError:
+        return stored
+
+
 def resume_step(checkpoints: Checkpointer, config: dict[str, Any], resume: Resume) -> int | None:
     """The step to resume from, or ``None`` to start fresh; errors on a mode the directory
     contradicts and on a config that differs from the checkpoint's."""
@@ -83,7 +96,7 @@ def resume_step(checkpoints: Checkpointer, config: dict[str, Any], resume: Resum
         if resume == "auto":
             return None
         raise UsageError(f"--resume: no checkpoint in {where}; use --resume auto to start fresh")
-    differences = config_differences(checkpoints.stored_config(step), config)
+    differences = config_differences(with_defaults(checkpoints.stored_config(step)), config)
     if differences:
         raise ConfigError(
             f"cannot resume step {step} of {where} with a different config: "
