@@ -138,9 +138,10 @@ def test_config_and_memory_errors():
         def __str__(self):
             return "gpu:0"
 
+    check = functools.partial(on_device.check_fits, what="the split", hint="use more devices")
     with pytest.raises(ConfigError, match=r"needs 1,200 bytes on each device, but gpu:0 has 800"):
-        on_device.check_fits(1200, [Device()], what="the training split")
-    on_device.check_fits(800, [Device()], what="the training split")  # fits: no error
+        check(1200, [Device()])
+    check(800, [Device()])  # fits: no error
 
 
 def test_a_checkpoint_from_before_on_device_resumes_and_either_path_may_continue():
@@ -152,3 +153,9 @@ def test_a_checkpoint_from_before_on_device_resumes_and_either_path_may_continue
     bf16 = load_config(CONFIG, [*TINY, "data.on_device=true", "data.on_device_dtype=bfloat16"])
     (changed,) = config_differences(with_defaults(stored), bf16.to_dict())
     assert changed.startswith("data.on_device_dtype:")
+
+
+def test_several_processes_are_refused_naming_the_count(split, monkeypatch):
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    with pytest.raises(ConfigError, match=r"one process for now.*here 2 processes"):
+        on_device.load_split(split, make_mesh(), progress=False)

@@ -23,7 +23,7 @@ uninterrupted run would have produced. Each process saves its own state.
 from __future__ import annotations
 
 import collections
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import grain
@@ -66,7 +66,7 @@ class _LoadRecord:
         return dict(self.transform(record)) if self.transform is not None else dict(record)
 
 
-def read_records(source: Any, rows: Iterable[int]) -> Record:
+def read_records(source: Any, rows: Sequence[int]) -> Record:
     """Records ``rows`` of ``source`` stacked per key (``{key: (len(rows), ...)}``).
 
     Each record is checked against record 0's layout as the loader checks it, so a bad

@@ -7,8 +7,9 @@ on the devices takes the host out of the step.
 - Layout: every record array ``(N, ...)`` is split over the mesh's ``data`` axis along
   its record axis. ``N`` need not divide the device count ``D``: the record axis is
   padded to ``ceil(N / D) * D`` rows with copies of the last record, and no index ever
-  points at a padding row (the index stream only holds ``0 .. N - 1``). Each process
-  reads only the rows of its own devices (:func:`load_split`).
+  points at a padding row (the index stream only holds ``0 .. N - 1``). One process
+  for now: :func:`load_split` places only the rows of this process's devices, but a
+  multi-process run is refused until it has been tested in several processes.
 - Order: the loop's loader runs over :class:`~jaxecg.data.IndexSource` with the split's
   record count and the seed, batch and shard settings of the host path, so it yields the
   host path's record order as indices and checkpoints the same position.
@@ -21,7 +22,7 @@ on the devices takes the host out of the step.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -36,6 +37,7 @@ from jaxecg.errors import ConfigError
 
 Resident = dict[str, jax.Array]
 _NOT_CAST = frozenset({"label"})
+_CHUNK = 1024  # records read (and cast) at a time while loading a split
 
 
 def stored_dtype(key: str, dtype: np.dtype, on_device_dtype: str) -> np.dtype:
@@ -46,9 +48,10 @@ def stored_dtype(key: str, dtype: np.dtype, on_device_dtype: str) -> np.dtype:
     return np.dtype(jnp.dtype(on_device_dtype))
 
 
-def check_fits(bytes_per_device: int, devices: Any, *, what: str) -> None:
-    """A :class:`ConfigError` with the byte counts when a device reports less free memory
-    than ``bytes_per_device``; devices that report none (CPU) are not checked."""
+def check_fits(bytes_per_device: int, devices: Any, *, what: str, hint: str) -> None:
+    """A :class:`ConfigError` with the byte counts (and ``hint``, what to do) when a device
+    reports less free memory than ``bytes_per_device``; devices that report none (CPU)
+    are not checked."""
     for device in devices:
         stats = device.memory_stats()
         if not stats or "bytes_limit" not in stats:
@@ -57,15 +60,8 @@ def check_fits(bytes_per_device: int, devices: Any, *, what: str) -> None:
         if bytes_per_device > free:
             raise ConfigError(
                 f"data.on_device=true: {what} needs {bytes_per_device:,} bytes on each device, "
-                f"but {device} has {free:,} of {stats['bytes_limit']:,} bytes free; use "
-                "data.on_device_dtype=bfloat16, more devices, or data.on_device=false"
+                f"but {device} has {free:,} of {stats['bytes_limit']:,} bytes free; {hint}"
             )
-
-
-def _counted(rows: list[int], bar: tqdm.tqdm) -> Iterator[int]:
-    for row in rows:
-        bar.update(1)
-        yield row
 
 
 def load_split(
@@ -96,6 +92,8 @@ def load_split(
         sharding.addressable_devices,
         what=f"the training split ({count} records of {row_bytes:,} bytes, "
         f"{per_device} per device over {devices} devices)",
+        hint=("use " if on_device_dtype == "bfloat16" else "use data.on_device_dtype=bfloat16, ")
+        + "more devices, or data.on_device=false",
     )
     spans = sharding.addressable_devices_indices_map((total,))
     shards: dict[str, list[jax.Array]] = {key: [] for key in first}
@@ -105,8 +103,15 @@ def load_split(
         for device, (span,) in spans.items():
             # Rows past the last record are its copies (padding, never indexed).
             rows = [min(row, count - 1) for row in range(*span.indices(total))]
-            for key, value in read_records(source, _counted(rows, bar)).items():
-                shards[key].append(jax.device_put(value.astype(dtypes[key]), device))
+            # Filled in chunks, cast as they come: the host holds one device's rows once.
+            block = {key: np.empty((len(rows), *shapes[key][1:]), dtypes[key]) for key in first}
+            for start in range(0, len(rows), _CHUNK):
+                chunk = rows[start : start + _CHUNK]
+                for key, value in read_records(source, chunk).items():
+                    block[key][start : start + len(chunk)] = value
+                bar.update(len(chunk))
+            for key, value in block.items():
+                shards[key].append(jax.device_put(value, device))
     return {
         key: jax.make_array_from_single_device_arrays(shapes[key], sharding, shards[key])
         for key in first
