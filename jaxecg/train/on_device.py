@@ -7,9 +7,9 @@ on the devices takes the host out of the step.
 - Layout: every record array ``(N, ...)`` is split over the mesh's ``data`` axis along
   its record axis. ``N`` need not divide the device count ``D``: the record axis is
   padded to ``ceil(N / D) * D`` rows with copies of the last record, and no index ever
-  points at a padding row (the index stream only holds ``0 .. N - 1``). One process
-  for now: :func:`load_split` places only the rows of this process's devices, but a
-  multi-process run is refused until it has been tested in several processes.
+  points at a padding row (the index stream only holds ``0 .. N - 1``). In a
+  multi-process run each process reads and places only its own devices' rows
+  (:func:`load_split`); the gather's reduce-scatter spans all processes.
 - Order: the loop's loader runs over :class:`~jaxecg.data.IndexSource` with the split's
   record count and the seed, batch and shard settings of the host path, so it yields the
   host path's record order as indices and checkpoints the same position.
@@ -73,11 +73,6 @@ def load_split(
     The split's size is checked against each device's free memory before anything is
     read (:func:`check_fits`).
     """
-    if jax.process_count() > 1:
-        raise ConfigError(
-            "data.on_device=true runs in one process for now; drop it (the host loader "
-            f"feeds multi-process runs), here {jax.process_count()} processes"
-        )
     count = len(source)
     devices = mesh.shape[DATA_AXIS]
     per_device = -(-count // devices)
@@ -95,14 +90,20 @@ def load_split(
         hint=("use " if on_device_dtype == "bfloat16" else "use data.on_device_dtype=bfloat16, ")
         + "more devices, or data.on_device=false",
     )
-    spans = sharding.addressable_devices_indices_map((total,))
+    # This process's devices and their rows; rows past the last record are its copies
+    # (padding, never indexed).
+    spans = {
+        device: [min(row, count - 1) for row in range(*span.indices(total))]
+        for device, (span,) in sharding.addressable_devices_indices_map((total,)).items()
+    }
     shards: dict[str, list[jax.Array]] = {key: [] for key in first}
     with tqdm.tqdm(
-        total=total, desc="train split to devices", unit="record", disable=not progress
+        total=sum(map(len, spans.values())),
+        desc="train split to devices",
+        unit="record",
+        disable=not progress,
     ) as bar:
-        for device, (span,) in spans.items():
-            # Rows past the last record are its copies (padding, never indexed).
-            rows = [min(row, count - 1) for row in range(*span.indices(total))]
+        for device, rows in spans.items():
             # Filled in chunks, cast as they come: the host holds one device's rows once.
             block = {key: np.empty((len(rows), *shapes[key][1:]), dtypes[key]) for key in first}
             for start in range(0, len(rows), _CHUNK):
