@@ -16,6 +16,7 @@ from flax import linen as nn
 
 from jaxecg.config import ConfigError
 from jaxecg.models.batchnorm import BatchNorm
+from jaxecg.models.pooling import max_pool
 from jaxecg.models.precision import PrecisionConfig
 
 # torchvision: (block type, blocks per stage); stage widths are 64, 128, 256, 512.
@@ -176,8 +177,7 @@ class CMREncoder(nn.Module):
         x = _conv(64, 7, 2, "conv1", **dtypes)(x)
         x = BatchNorm(use_running_average=not train, name="bn1", **dtypes)(x)
         x = nn.relu(x)
-        # torch MaxPool2d(3, 2, padding=1): reduce_window pads with -inf, never winning the max.
-        x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+        x = max_pool(x, window=3, stride=2, padding=1)  # torch MaxPool2d(3, 2, padding=1)
         block_cls = Bottleneck if cfg.block == "bottleneck" else BasicBlock
         for stage, (num_blocks, width) in enumerate(zip(cfg.stage_sizes, _STAGE_WIDTHS)):
             for j in range(num_blocks):
