@@ -28,6 +28,7 @@ from jaxecg.models.vit import (
     block_class,
     check_heads,
     check_positive,
+    dense_rows,
     layer_norm,
     prepare_ecg,
 )
@@ -199,7 +200,7 @@ class MAE(nn.Module):
     def forward_decoder(self, latent: jax.Array, ids_restore: jax.Array, train: bool) -> jax.Array:
         """Latent + mask tokens, unshuffled -> ``pred (B, N, p*q*C)`` (cls dropped)."""
         cfg = self.config
-        x = self.decoder_embed(latent)
+        x = dense_rows(self.decoder_embed, latent)
         batch, kept_plus_cls, dim = x.shape
         num_mask = ids_restore.shape[1] + 1 - kept_plus_cls
         mask_tokens = jnp.broadcast_to(self.mask_token, (batch, num_mask, dim))
@@ -210,7 +211,7 @@ class MAE(nn.Module):
         for block in self.decoder_blocks:
             x = block(x, train, False)
         # The loss compares the prediction with the fp32 input: it leaves the model in fp32.
-        return self.decoder_pred(self.decoder_norm(x))[:, 1:].astype(jnp.float32)
+        return dense_rows(self.decoder_pred, self.decoder_norm(x))[:, 1:].astype(jnp.float32)
 
     def __call__(
         self,

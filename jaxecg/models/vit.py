@@ -65,7 +65,8 @@ class ViTBackboneConfig(PrecisionConfig):
 
     ``dtype``/``param_dtype``: see :mod:`jaxecg.models.precision`. ``attention``: the
     attention kernel (:func:`~jaxecg.models.attention.resolve_attention`; ``auto`` is
-    cuDNN flash attention on a GPU in bf16/fp16, else the plain XLA softmax).
+    cuDNN flash attention on a GPU in bf16/fp16, blocked attention on CPU, else the plain
+    XLA softmax).
     ``remat``: rematerialise each transformer block in the backward pass (activation
     memory of one block instead of all, for one more forward per block).
     """
@@ -199,6 +200,17 @@ class PatchEmbed(nn.Module):
         return x.reshape(batch, grid_h * grid_w, dim)
 
 
+def dense_rows(layer: nn.Dense, x: jax.Array) -> jax.Array:
+    """``layer`` over ``(..., D)`` as one 2-D ``(rows, D)`` matmul; same parameters and values.
+
+    Why: on ``(B, N, D)`` inputs XLA CPU lowers the kernel gradient with a transpose copy
+    of the activations first (~14 % of the MAE step, docs in ``benchmarks/README.md``);
+    flattened, the forward and both gradients are plain GEMMs.
+    """
+    y = layer(x.reshape(-1, x.shape[-1]))
+    return y.reshape(*x.shape[:-1], y.shape[-1])
+
+
 class Attention(nn.Module):
     """Multi-head self-attention with one fused ``qkv`` Linear ``D -> 3D`` ([q|k|v] x head x hd)."""
 
@@ -225,7 +237,7 @@ class Attention(nn.Module):
         dense = functools.partial(
             nn.Dense, kernel_init=self.kernel_init, dtype=self.dtype, param_dtype=self.param_dtype
         )
-        qkv = dense(3 * dim, use_bias=self.qkv_bias, name="qkv")(x)
+        qkv = dense_rows(dense(3 * dim, use_bias=self.qkv_bias, name="qkv"), x)
         qkv = qkv.reshape(batch, tokens, 3, self.num_heads, head_dim)
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
         scale = head_dim**-0.5
@@ -237,7 +249,7 @@ class Attention(nn.Module):
             out = attend(probs, v)
         else:
             out = self.attention_fn(q, k, v, scale=scale)
-        out = dense(dim, name="proj")(out.reshape(batch, tokens, dim))
+        out = dense_rows(dense(dim, name="proj"), out.reshape(batch, tokens, dim))
         out = nn.Dropout(self.proj_drop, deterministic=not train)(out)
         return (out, probs) if return_attn else out
 
@@ -257,11 +269,11 @@ class Mlp(nn.Module):
         dense = functools.partial(
             nn.Dense, kernel_init=self.kernel_init, dtype=self.dtype, param_dtype=self.param_dtype
         )
-        x = dense(self.hidden_dim, name="fc1")(x)
+        x = dense_rows(dense(self.hidden_dim, name="fc1"), x)
         # torch nn.GELU() is the erf form; jax.nn.gelu defaults to the tanh approximation.
         x = jax.nn.gelu(x, approximate=False)
         x = nn.Dropout(self.drop, deterministic=not train)(x)
-        x = dense(out_dim, name="fc2")(x)
+        x = dense_rows(dense(out_dim, name="fc2"), x)
         return nn.Dropout(self.drop, deterministic=not train)(x)
 
 
@@ -363,14 +375,14 @@ class AttentionPool(nn.Module):
         dense = functools.partial(nn.Dense, dim, dtype=self.dtype, param_dtype=self.param_dtype)
 
         def heads(y: jax.Array, name: str) -> jax.Array:
-            y = dense(kernel_init=nn.initializers.xavier_uniform(), name=name)(y)
+            y = dense_rows(dense(kernel_init=nn.initializers.xavier_uniform(), name=name), y)
             return y.reshape(batch, y.shape[1], self.num_heads, head_dim)
 
         # torch MHA scales q before q @ k^T (timm scales the product; same up to rounding).
         q = heads(query, "q_proj") * head_dim**-0.5
         probs = attention_probs(q, heads(tokens, "k_proj"), 1.0)
         out = attend(probs, heads(tokens, "v_proj"))
-        return dense(name="out_proj")(out.reshape(batch, n_query, dim))
+        return dense_rows(dense(name="out_proj"), out.reshape(batch, n_query, dim))
 
 
 class ECGEncoder(nn.Module):
