@@ -102,7 +102,8 @@ def test_bad_arguments_raise(shapes, block_size: int, message: str) -> None:
         ("auto", "gpu", jnp.bfloat16, cudnn_attention),
         ("auto", "gpu", jnp.float16, cudnn_attention),
         ("auto", "gpu", jnp.float32, softmax_attention),  # cuDNN has no fp32 flash kernel
-        ("auto", "cpu", jnp.bfloat16, softmax_attention),
+        ("auto", "cpu", jnp.bfloat16, blocked_attention),
+        ("auto", "cpu", jnp.float32, blocked_attention),
         ("auto", "tpu", jnp.bfloat16, softmax_attention),
         ("xla", "gpu", jnp.bfloat16, softmax_attention),
         ("blocked", "cpu", jnp.float32, blocked_attention),
@@ -166,8 +167,8 @@ def test_cudnn_backend_calls_jax_with_our_layout_and_scale(monkeypatch) -> None:
 
 @pytest.mark.parametrize(
     ("case_id", "backend"),
-    # "xla" (what "auto" is on CPU) runs in every golden test of the models.
-    [("dev/ecg_encoder/attention_pool", "blocked"), ("dev/mae/forward", "blocked")],
+    # "blocked" (what "auto" is on CPU) runs in every golden test of the models.
+    [("dev/ecg_encoder/attention_pool", "xla"), ("dev/mae/forward", "xla")],
 )
 def test_backends_match_the_golden_cases(case_id: str, backend: str) -> None:
     arrays = golden.arrays(case_id)
