@@ -270,7 +270,11 @@ class JaxStep:
 
     def __call__(self) -> Any:
         if self.compiled is None:
-            self.compiled = self.fn.lower(*self.state, self.data).compile()
+            from jaxecg.compile_options import compiler_options
+
+            # The options jaxecg's own steps compile with (train loop, embed, evaluate).
+            lowered = self.fn.lower(*self.state, self.data)
+            self.compiled = lowered.compile(compiler_options=compiler_options())
         out = self.compiled(*self.state, self.data)
         if self.train:
             *self.state, out = out

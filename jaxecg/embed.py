@@ -199,6 +199,7 @@ class BatchedFeatures:
     def __init__(self, encoder: Any, *, batch_size: int | None = None):
         import jax
 
+        from jaxecg.compile_options import compiler_options
         from jaxecg.devices import batch_sharding, make_mesh, replicated
 
         mesh = make_mesh()
@@ -211,7 +212,9 @@ class BatchedFeatures:
         self.encoder, self.batch_size = encoder, batch_size
         self._params = jax.device_put(encoder.params, replicated(mesh))
         self._sharding = batch_sharding(mesh)
-        self._compiled = jax.jit(self._features, out_shardings=self._sharding)
+        self._compiled = jax.jit(
+            self._features, out_shardings=self._sharding, compiler_options=compiler_options()
+        )
         self._time_steps = encoder.config.img_size[2] if encoder.kind == "ecg" else None
 
     def _features(self, params: Any, x: Any) -> Any:

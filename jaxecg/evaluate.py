@@ -45,6 +45,7 @@ def predict(
     import jax
     import tqdm
 
+    from jaxecg.compile_options import compiler_options
     from jaxecg.data import CMRAugmentConfig, ECGAugmentConfig
     from jaxecg.data.augment_cmr import cmr_train_view_batch
     from jaxecg.data.augment_ecg import ecg_augment_batch
@@ -76,7 +77,7 @@ def predict(
         # The evaluation views are deterministic; the key is only their signature's.
         return module.apply(variables, view(jax.random.key(0), inputs), train=False)
 
-    compiled = jax.jit(logits_of)
+    compiled = jax.jit(logits_of, compiler_options=compiler_options())
     variables = jax.device_put(model.variables, replicated(mesh))
     logits, labels = [], []
     bar = tqdm.tqdm(

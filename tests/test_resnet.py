@@ -19,6 +19,7 @@ import torch
 from jax.sharding import AxisType, PartitionSpec as P
 
 import convert
+from jaxecg.compile_options import CPU_OPTIONS, compiler_options
 from jaxecg.config import ConfigError
 from jaxecg.models import BatchNorm, CMREncoder, ResNetConfig, nchw_to_nhwc
 
@@ -56,10 +57,19 @@ def _flax_path(torch_module: str) -> tuple[str, ...]:
 
 
 @pytest.mark.parametrize("case_id", EVAL_CASES)
-def test_eval_features_match_reference(case_id: str) -> None:
+@pytest.mark.parametrize("options", ["xla defaults", "jaxecg's"])
+def test_eval_features_match_reference(case_id: str, options: str) -> None:
+    """Also through the options jaxecg's own steps compile with (YNNPACK dots on CPU)."""
     model, variables, x = _case_setup(case_id)
-    out = jax.jit(model.apply)(variables, x)
-    golden.assert_matches(case_id, "out", out)
+    jitted = jax.jit(
+        model.apply, compiler_options=None if options == "xla defaults" else compiler_options()
+    )
+    golden.assert_matches(case_id, "out", jitted(variables, x))
+
+
+def test_compiler_options_are_for_cpu_only() -> None:
+    assert compiler_options("cpu") == CPU_OPTIONS
+    assert compiler_options("gpu") is None and compiler_options("tpu") is None
 
 
 def test_batch_of_one_keeps_batch_axis() -> None:
@@ -73,7 +83,8 @@ def test_batch_of_one_keeps_batch_axis() -> None:
 def test_train_forward_outputs_and_running_statistics() -> None:
     model, variables, x = _case_setup(TRAIN_CASE)
     out, updates = jax.jit(
-        functools.partial(model.apply, train=True, mutable=["batch_stats"])
+        functools.partial(model.apply, train=True, mutable=["batch_stats"]),
+        compiler_options=compiler_options(),
     )(variables, x)
     golden.assert_matches(TRAIN_CASE, "out", out)
     stats = flax.traverse_util.flatten_dict(updates["batch_stats"])
@@ -156,7 +167,9 @@ def test_batchnorm_train_steps_match_torch() -> None:
     stats = variables["batch_stats"]
     for x, want in zip(xs, want_outs):
         out, upd = bn.apply(
-            {"params": params, "batch_stats": stats}, x, use_running_average=False,
+            {"params": params, "batch_stats": stats},
+            x,
+            use_running_average=False,
             mutable=["batch_stats"],
         )
         stats = upd["batch_stats"]
@@ -200,7 +213,10 @@ def test_synchronised_batchnorm_equals_global_batch() -> None:
     # Per-device statistics (no axis_name) differ, so the check above is not vacuous.
     local = jax.jit(
         jax.shard_map(
-            apply(None), mesh=mesh, in_specs=(P(), P("data")), out_specs=(P("data"), P()),
+            apply(None),
+            mesh=mesh,
+            in_specs=(P(), P("data")),
+            out_specs=(P("data"), P()),
             check_vma=False,
         )
     )(variables, x)[0]

@@ -27,6 +27,7 @@ import optax
 import tqdm
 from jax.sharding import Mesh
 
+from jaxecg.compile_options import compiler_options
 from jaxecg.data import IndexSource, make_loader
 from jaxecg.data.batches import padded_batches, valid_rows
 from jaxecg.errors import TrainingError
@@ -362,6 +363,7 @@ def setup(
             in_shardings=(state_shardings, batch_sharding, replicated),
             out_shardings=(state_shardings, replicated),
             donate_argnums=(0,),
+            compiler_options=compiler_options(),
         )
     else:
         # The gather from the resident split is part of the step's compiled program.
@@ -370,11 +372,13 @@ def setup(
             in_shardings=(state_shardings, batch_sharding, replicated, batch_sharding),
             out_shardings=(state_shardings, replicated),
             donate_argnums=(0,),
+            compiler_options=compiler_options(),
         )
         train_step = on_device.with_resident(gathering, resident)
     eval_step = jax.jit(
         make_eval_step(task),
         in_shardings=(state_shardings, batch_sharding, replicated),
+        compiler_options=compiler_options(),
     )
     return Run(
         cfg=cfg,
