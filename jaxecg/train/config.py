@@ -104,7 +104,8 @@ class TrainConfig(Config):
     model computes in bf16 (its ``dtype``), parameters and optimiser state stay fp32.
     ``remat``: rematerialise the transformer blocks (the model's ``remat``).
     ``log_every``: steps between fetches of the metrics from the devices (also at
-    evaluations and checkpoints); in between, the host enqueues steps without waiting.
+    evaluations and checkpoints); in between, the host enqueues steps without waiting
+    (a fetch every step costs the tiny MAE ~1.4x in steps/s on 4 CPU devices).
 
     ``param_sharding``: ``replicated`` (every device holds all parameters and optimiser
     state) or ``fsdp`` (each large tensor split over the devices; see
@@ -124,7 +125,7 @@ class TrainConfig(Config):
     keep_best: int = 1
     best_metric: str = "loss"
     best_mode: Literal["min", "max"] = "min"
-    log_every: int = 1
+    log_every: int = 10
     seed: int = 0
     mixed_precision: bool = False
     remat: bool = False

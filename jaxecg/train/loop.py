@@ -32,6 +32,7 @@ from jaxecg.data import IndexSource, make_loader
 from jaxecg.data.batches import padded_batches, valid_rows
 from jaxecg.errors import TrainingError
 from jaxecg.interrupts import Interrupted, StopRequest, stop_requests
+from jaxecg.memory import release_free_heap
 from jaxecg.train import mesh as mesh_lib
 from jaxecg.train import on_device, report
 from jaxecg.train.checkpoint import Checkpointer, abstract_like
@@ -464,6 +465,8 @@ def _train(
             # Dispatch only: the host runs ahead and enqueues the next steps while this one
             # computes; metrics and the NaN flag stay on device until a sync point below.
             state, metrics = run.train_step(state, next(train_iter), run.seed_key)
+            if step == start + 1:
+                release_free_heap()  # the step's compilation is done: drop its heap
             bar.update(1)
             stopping = mesh_lib.any_process(stop.requested)
             evaluate_now = bool(eval_every and step % eval_every == 0) or step == total_steps
@@ -490,6 +493,7 @@ def _train(
                 eval_metrics = evaluate(
                     run.task, run.eval_step, state, run.eval_batches(), eval_rng
                 )
+                release_free_heap()  # after the first evaluation: its compilation's heap
             if log_now:
                 now = time.perf_counter()
                 record = dict(host)
