@@ -210,6 +210,7 @@ def test_finetune_ptbxl_config_trains_on_it(dataset, tmp_path):
             "train.eval_every=2",
             f"train.workdir={tmp_path}",
             "train.progress_bar=false",
+            "train.log_every=1",
         ]
     )
     assert status == 0

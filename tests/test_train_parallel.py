@@ -91,6 +91,7 @@ MULTIHOST = (
     "train.stop_after=3",
     "train.eval_every=0",
     "train.progress_bar=false",
+    "train.log_every=1",
 )
 
 

@@ -76,6 +76,7 @@ def run(config: str, workdir: Path, *overrides: str, resume: bool = False) -> in
         *TINY[config],
         f"train.workdir={workdir}",
         "train.progress_bar=false",
+        "train.log_every=1",
         *overrides,
     ]
     return main([*argv, "--resume"] if resume else argv)

@@ -41,6 +41,7 @@ TINY = [
     "train.eval_every=0",
     "optim.lr=1e-3",
     "train.progress_bar=false",
+    "train.log_every=1",
 ]
 
 

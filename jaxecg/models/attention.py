@@ -150,7 +150,8 @@ def _flash_bwd(
     num_blocks, block, pad = _key_blocks(num_keys, block_size)
     k_pad, v_pad = _pad_keys(k, pad), _pad_keys(v, pad)
     stats = lse.dtype
-    delta = jnp.einsum("bnhd,bnhd->bhn", d_out.astype(stats), out.astype(stats))
+    # rowsum(dO * O): an elementwise product and a sum (no fp32 matmul under bf16 compute).
+    delta = jnp.sum(d_out.astype(stats) * out.astype(stats), axis=-1).transpose(0, 2, 1)
     d_q = jnp.zeros(q.shape, stats)
     d_k, d_v = [], []
     for i in range(num_blocks):
