@@ -265,8 +265,11 @@ class JaxStep:
     first call, ``compiled`` is the XLA executable, e.g. for its ``cost_analysis()``.
     """
 
-    def __init__(self, fn: Any, state: list[Any], data: dict[str, Any], train: bool) -> None:
+    def __init__(
+        self, fn: Any, state: list[Any], data: dict[str, Any], train: bool, resnet: bool
+    ) -> None:
         self.fn, self.state, self.data, self.train = fn, state, data, train
+        self.resnet = resnet  # which jaxecg compiler options apply
         self.compiled: Any = None
 
     def __call__(self) -> Any:
@@ -275,7 +278,8 @@ class JaxStep:
 
             # The options jaxecg's own steps compile with (train loop, embed, evaluate).
             lowered = self.fn.lower(*self.state, self.data)
-            self.compiled = lowered.compile(compiler_options=compiler_options())
+            options = compiler_options(resnet=self.resnet)
+            self.compiled = lowered.compile(compiler_options=options)
             from jaxecg.memory import release_free_heap
 
             release_free_heap()  # as the train loop does after compiling its step
@@ -294,7 +298,7 @@ def jax_runner(workload: str, model: Any, variables: dict, data: dict[str, Any])
 
     if workload in ("encoder_fwd", "resnet_fwd"):
         forward = jax.jit(lambda v, d: model.apply(v, d["x"]))
-        return JaxStep(forward, [variables], data, train=False)
+        return JaxStep(forward, [variables], data, train=False, resnet=workload == "resnet_fwd")
 
     loss_fn = jax_loss_fn(workload, model)
     tx = jax_optimizer(workload)
@@ -308,7 +312,8 @@ def jax_runner(workload: str, model: Any, variables: dict, data: dict[str, Any])
         return jax.tree.map(jnp.add, params, updates), batch_stats, opt_state, loss
 
     params, batch_stats = variables["params"], variables.get("batch_stats", {})
-    return JaxStep(train_step, [params, batch_stats, tx.init(params)], data, train=True)
+    state = [params, batch_stats, tx.init(params)]
+    return JaxStep(train_step, state, data, train=True, resnet=workload == "simclr_step")
 
 
 def jax_step(job: Job) -> Callable[[], Any]:

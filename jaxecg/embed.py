@@ -213,7 +213,9 @@ class BatchedFeatures:
         self._params = jax.device_put(encoder.params, replicated(mesh))
         self._sharding = batch_sharding(mesh)
         self._compiled = jax.jit(
-            self._features, out_shardings=self._sharding, compiler_options=compiler_options()
+            self._features,
+            out_shardings=self._sharding,
+            compiler_options=compiler_options(resnet=encoder.kind == "cmr"),
         )
         self._time_steps = encoder.config.img_size[2] if encoder.kind == "ecg" else None
 

@@ -77,7 +77,8 @@ def predict(
         # The evaluation views are deterministic; the key is only their signature's.
         return module.apply(variables, view(jax.random.key(0), inputs), train=False)
 
-    compiled = jax.jit(logits_of, compiler_options=compiler_options())
+    options = compiler_options(resnet=model.kind == "cmr_classifier")
+    compiled = jax.jit(logits_of, compiler_options=options)
     variables = jax.device_put(model.variables, replicated(mesh))
     logits, labels = [], []
     bar = tqdm.tqdm(

@@ -19,7 +19,7 @@ import torch
 from jax.sharding import AxisType, PartitionSpec as P
 
 import convert
-from jaxecg.compile_options import CPU_OPTIONS, compiler_options
+from jaxecg.compile_options import CPU_RESNET_OPTIONS, compiler_options
 from jaxecg.config import ConfigError
 from jaxecg.models import BatchNorm, CMREncoder, ResNetConfig, nchw_to_nhwc
 
@@ -62,14 +62,15 @@ def test_eval_features_match_reference(case_id: str, options: str) -> None:
     """Also through the options jaxecg's own steps compile with (YNNPACK dots on CPU)."""
     model, variables, x = _case_setup(case_id)
     jitted = jax.jit(
-        model.apply, compiler_options=None if options == "xla defaults" else compiler_options()
+        model.apply, compiler_options=None if options == "xla defaults" else compiler_options(resnet=True)
     )
     golden.assert_matches(case_id, "out", jitted(variables, x))
 
 
-def test_compiler_options_are_for_cpu_only() -> None:
-    assert compiler_options("cpu") == CPU_OPTIONS
-    assert compiler_options("gpu") is None and compiler_options("tpu") is None
+def test_compiler_options_are_for_resnets_on_cpu_only() -> None:
+    assert compiler_options(resnet=True, platform="cpu") == CPU_RESNET_OPTIONS
+    assert compiler_options(resnet=False, platform="cpu") is None
+    assert compiler_options(resnet=True, platform="gpu") is None
 
 
 def test_batch_of_one_keeps_batch_axis() -> None:
@@ -84,7 +85,7 @@ def test_train_forward_outputs_and_running_statistics() -> None:
     model, variables, x = _case_setup(TRAIN_CASE)
     out, updates = jax.jit(
         functools.partial(model.apply, train=True, mutable=["batch_stats"]),
-        compiler_options=compiler_options(),
+        compiler_options=compiler_options(resnet=True),
     )(variables, x)
     golden.assert_matches(TRAIN_CASE, "out", out)
     stats = flax.traverse_util.flatten_dict(updates["batch_stats"])

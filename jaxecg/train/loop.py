@@ -40,6 +40,7 @@ from jaxecg.train.config import ExperimentConfig
 from jaxecg.train.resume import Resume, no_debris, resume_step, truncate_log
 from jaxecg.train.tasks import get_task
 from jaxecg.train.tasks.base import Batch, PyTree, Task
+from jaxecg.weights import CMR_KINDS, TASK_MODEL_KINDS
 
 # Offset separating the evaluation rng stream from the training steps' streams.
 _EVAL_STREAM = 2**31 - 1
@@ -357,6 +358,7 @@ def setup(
 
     # --- compiled steps (donated state: updated in place on device, keeping its layout)
     batch_sharding = mesh_lib.batch_sharding(mesh)
+    options = compiler_options(resnet=TASK_MODEL_KINDS[cfg.task] in CMR_KINDS)
     step = make_train_step(task, tx, schedule, grad_accum=tcfg.grad_accum)
     if resident is None:
         train_step = jax.jit(
@@ -364,7 +366,7 @@ def setup(
             in_shardings=(state_shardings, batch_sharding, replicated),
             out_shardings=(state_shardings, replicated),
             donate_argnums=(0,),
-            compiler_options=compiler_options(),
+            compiler_options=options,
         )
     else:
         # The gather from the resident split is part of the step's compiled program.
@@ -373,13 +375,13 @@ def setup(
             in_shardings=(state_shardings, batch_sharding, replicated, batch_sharding),
             out_shardings=(state_shardings, replicated),
             donate_argnums=(0,),
-            compiler_options=compiler_options(),
+            compiler_options=options,
         )
         train_step = on_device.with_resident(gathering, resident)
     eval_step = jax.jit(
         make_eval_step(task),
         in_shardings=(state_shardings, batch_sharding, replicated),
-        compiler_options=compiler_options(),
+        compiler_options=options,
     )
     return Run(
         cfg=cfg,
