@@ -18,6 +18,7 @@ fp32, as torch autocast does.
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable
 from typing import Literal
 
@@ -88,9 +89,14 @@ def _key_blocks(num_keys: int, block_size: int) -> tuple[int, int, int]:
 def _block_scores(
     q: jax.Array, k_blk: jax.Array, scale: float, valid: int, stats: jnp.dtype
 ) -> jax.Array:
-    """``(B, heads, Nq, block)`` scaled scores in ``stats``; padded keys (past ``valid``) -inf."""
-    # Scale after the product, like timm (q @ k^T) * scale.
-    scores = jnp.einsum("bnhd,bmhd->bhnm", q, k_blk).astype(stats) * scale
+    """``(B, heads, Nq, block)`` scaled scores in ``stats``; padded keys (past ``valid``) -inf.
+
+    timm scales the product, ``(q @ k^T) * scale``. For a power-of-two scale (head dims 4,
+    16, 64, 256, ...) scaling q first rounds identically and saves a pass over the scores.
+    """
+    exact = math.frexp(scale)[0] == 0.5
+    scores = jnp.einsum("bnhd,bmhd->bhnm", q * jnp.asarray(scale, q.dtype) if exact else q, k_blk)
+    scores = scores.astype(stats) if exact else scores.astype(stats) * scale
     if valid < k_blk.shape[1]:
         scores = jnp.where(jnp.arange(k_blk.shape[1]) < valid, scores, -jnp.inf)
     return scores
