@@ -50,3 +50,31 @@ def test_gradient_equals_autodiff_of_reduce_window() -> None:
     g = rng.standard_normal(out.shape).astype(np.float32)
     np.testing.assert_array_equal(np.asarray(out), np.asarray(expected))
     np.testing.assert_array_equal(np.asarray(vjp(g)[0]), np.asarray(expected_vjp(g)[0]))
+
+
+def test_gradient_of_a_resnet_stem_equals_reduce_window_autodiff() -> None:
+    """conv -> batch-statistics BatchNorm -> ReLU -> pool in one jitted gradient, as in the
+    ResNet: XLA fuses the BatchNorm arithmetic into both passes, so the routing must not
+    depend on recomputing the pool's input (an equality test against the maxima in the
+    backward did, and lost gradients there)."""
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((4, 96, 96, 3)).astype(np.float32)
+    kernel = (0.1 * rng.standard_normal((7, 7, 3, 16))).astype(np.float32)
+    g = rng.standard_normal((4, 24, 24, 16)).astype(np.float32)
+    pads = ((0, 0), (1, 1), (1, 1), (0, 0))
+
+    def loss(kernel, pool):
+        dims = ("NHWC", "HWIO", "NHWC")
+        h = jax.lax.conv_general_dilated(
+            x, kernel, (2, 2), ((3, 3), (3, 3)), dimension_numbers=dims
+        )
+        mean, var = h.mean(axis=(0, 1, 2)), h.var(axis=(0, 1, 2))
+        return jnp.sum(g * pool(jax.nn.relu((h - mean) * jax.lax.rsqrt(var + 1e-5))))
+
+    def reference(y):
+        return jax.lax.reduce_window(y, -jnp.inf, jax.lax.max, (1, 3, 3, 1), (1, 2, 2, 1), pads)
+
+    ours = jax.jit(jax.grad(lambda k: loss(k, lambda y: max_pool(y, 3, 2, 1))))(kernel)
+    expected = jax.jit(jax.grad(lambda k: loss(k, reference)))(kernel)
+    scale = float(np.abs(expected).max())
+    np.testing.assert_allclose(np.asarray(ours), np.asarray(expected), rtol=0, atol=1e-5 * scale)
