@@ -462,6 +462,7 @@ def _train(
     record: dict[str, Any] = {}
     tick, tick_step = time.perf_counter(), start
     step = start
+    evaluated = False
     try:
         for step in range(start + 1, end + 1):
             # Dispatch only: the host runs ahead and enqueues the next steps while this one
@@ -495,7 +496,9 @@ def _train(
                 eval_metrics = evaluate(
                     run.task, run.eval_step, state, run.eval_batches(), eval_rng
                 )
-                release_free_heap()  # after the first evaluation: its compilation's heap
+                if not evaluated:
+                    release_free_heap()  # the eval step's compilation is done: drop its heap
+                    evaluated = True
             if log_now:
                 now = time.perf_counter()
                 record = dict(host)
