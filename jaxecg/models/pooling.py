@@ -18,6 +18,11 @@ import jax.numpy as jnp
 from jax import lax
 
 
+def _offsets(window: int) -> list[tuple[int, int]]:
+    """The window's element offsets in row-major order (torch's scan order)."""
+    return [(i, j) for i in range(window) for j in range(window)]
+
+
 def _window_views(
     x: jax.Array, window: int, stride: int, padding: int
 ) -> tuple[jax.Array, list[tuple[int, int]], tuple[int, int]]:
@@ -28,8 +33,7 @@ def _window_views(
     )
     out_h = (height + 2 * padding - window) // stride + 1
     out_w = (width + 2 * padding - window) // stride + 1
-    offsets = [(i, j) for i in range(window) for j in range(window)]
-    return padded, offsets, (out_h, out_w)
+    return padded, _offsets(window), (out_h, out_w)
 
 
 def _view(padded: jax.Array, i: int, j: int, stride: int, out_hw: tuple[int, int]) -> jax.Array:
@@ -88,7 +92,7 @@ def _max_pool_bwd(
     batch, height, width, channels = shape
     padded_h, padded_w = height + 2 * padding, width + 2 * padding
     out_h, out_w = which.shape[1:3]
-    offsets = [(i, j) for i in range(window) for j in range(window)]
+    offsets = _offsets(window)
     # An input in several windows receives their shares in torch's order (output row-major,
     # i.e. window offsets in reverse), so the sums round as torch's do.
     dpadded = jnp.zeros((batch, padded_h, padded_w, channels), grad.dtype)
