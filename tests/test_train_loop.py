@@ -45,19 +45,24 @@ class _Linear(Task):
         raise NotImplementedError
 
 
-@pytest.mark.parametrize("bf16", [False, True])
-def test_train_step_precision_and_lr(bf16):
-    task = _Linear(jnp.bfloat16 if bf16 else jnp.float32)
-    schedule = optax.linear_schedule(0.1, 0.0, 10)
-    tx = optax.sgd(schedule)
+def _state(tx: optax.GradientTransformation, step: int) -> TrainState:
+    """The linear task's state at ``step`` (weights of ones, no bad step yet)."""
     params = {"w": jnp.ones((3, 1))}
-    state = TrainState(
-        step=jnp.asarray(4, jnp.int32),
+    return TrainState(
+        step=jnp.asarray(step, jnp.int32),
         params=params,
         batch_stats={"mean": jnp.zeros(3)},
         opt_state=tx.init(params),
         first_bad_step=jnp.zeros((), jnp.int32),
     )
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+def test_train_step_precision_and_lr(bf16):
+    task = _Linear(jnp.bfloat16 if bf16 else jnp.float32)
+    schedule = optax.linear_schedule(0.1, 0.0, 10)
+    tx = optax.sgd(schedule)
+    state = _state(tx, step=4)
     state = state.replace(
         opt_state=jax.tree.map(
             lambda c: jnp.asarray(4, c.dtype) if c.ndim == 0 else c, state.opt_state
@@ -107,14 +112,7 @@ def test_non_finite_step_is_recorded_on_device_and_freezes_the_state():
     batch changes nothing either, so the last good state is what the loop can save."""
     task = _Linear()
     tx = optax.sgd(0.1)
-    params = {"w": jnp.ones((3, 1))}
-    state = TrainState(
-        step=jnp.asarray(2, jnp.int32),
-        params=params,
-        batch_stats={"mean": jnp.zeros(3)},
-        opt_state=tx.init(params),
-        first_bad_step=jnp.zeros((), jnp.int32),
-    )
+    state = _state(tx, step=2)
     step = jax.jit(make_train_step(task, tx, optax.constant_schedule(0.1)))
     rng = np.random.default_rng(0)
     good = {"x": rng.normal(size=(8, 3)), "y": rng.normal(size=(8, 1))}
@@ -126,7 +124,7 @@ def test_non_finite_step_is_recorded_on_device_and_freezes_the_state():
     assert np.isfinite(float(metrics["loss"])) and int(after_good.first_bad_step) == 3
     for frozen in (after_bad, after_good):
         assert int(frozen.step) == 2
-        jax.tree.map(np.testing.assert_array_equal, frozen.params, params)
+        jax.tree.map(np.testing.assert_array_equal, frozen.params, state.params)
         np.testing.assert_array_equal(frozen.batch_stats["mean"], np.zeros(3))
     # The same finite batch from the unfrozen state does update it.
     moved, _ = step(state, jax.tree.map(jnp.float32, good), key)
